@@ -1,0 +1,1 @@
+"""Model definitions: one architecture family per module."""
