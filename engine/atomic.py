@@ -1,0 +1,41 @@
+"""Atomic file writes: write a temporary file in the same directory, then os.replace.
+
+A crash midway leaves the previous version intact and removes the temporary file, so a
+reader never sees half a checkpoint, history or summary.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it replaces `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; keep the usual mode
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path, text):
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path, data):
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

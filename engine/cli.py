@@ -1,0 +1,80 @@
+"""Command-line flags every training script shares, validated when they are parsed."""
+import argparse
+import sys
+
+from engine.device import PRECISIONS
+from engine.sources import SOURCES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is answered with one line (and exit status 2, as argparse)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind, minimum, inclusive=True, maximum=None):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        too_small = value < minimum if inclusive else value <= minimum
+        if too_small or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if inclusive else f"> {minimum}"
+            if maximum is not None:
+                bound += f" and <= {maximum}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1)
+nonnegative_int = _number(int, 0)
+positive_float = _number(float, 0.0, inclusive=False)
+nonnegative_float = _number(float, 0.0)
+fraction = _number(float, 0.0, maximum=1.0)
+
+
+def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoothing=0.0):
+    """The design's command-line contract; the defaults are the calling script's recipe."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=SOURCES, default="cifar10")
+    data.add_argument("--data-dir", default="data",
+                      help="cifar: where it is or is downloaded to; folder: the tree's root")
+    data.add_argument("--subset", type=positive_int, default=None,
+                      help="train on N class-balanced images (default: all)")
+    data.add_argument("--val-size", type=nonnegative_int, default=None,
+                      help="validation images held out of training (default: 5000 for CIFAR, "
+                           "10%% of the training images otherwise)")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=positive_int, default=epochs)
+    training.add_argument("--batch-size", type=positive_int, default=batch_size)
+    training.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
+    training.add_argument("--label-smoothing", type=fraction, default=label_smoothing)
+    training.add_argument("--seed", type=nonnegative_int, default=0)
+
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    system.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere")
+    system.add_argument("--compile", action="store_true", help="torch.compile the model")
+    system.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (automatic when not on a terminal)")
+
+    run = parser.add_argument_group("run directory")
+    run.add_argument("--out", default=None, help="the run directory (default: results/<part>/<run>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run in --out (otherwise refuse)")
+    return parser
+
+
+def show_progress(args):
+    return not args.no_progress and sys.stderr.isatty()

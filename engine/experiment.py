@@ -1,0 +1,259 @@
+"""One training run from start (or checkpoint) to finished run directory.
+
+Scripts describe a run as an `Experiment` (flags, how to build the model, the data and its
+augmentation) and call `run_training`; this module owns the lifecycle: refuse to clobber,
+resume, train and evaluate each epoch, write the run directory atomically, summarise.
+"""
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torchvision
+
+from engine import checkpoint as ckpt
+from engine.cli import show_progress
+from engine.device import grad_scaler, resolve_device, resolve_precision
+from engine.errors import UserError
+from engine.loader import DeviceLoader, Normalizer, channel_stats
+from engine.loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from engine.plots import plot_curves
+from engine.rundir import RunDirectory, final_metrics
+from engine.sources import load_source
+from engine.split import split_validation, take_subset
+
+# Flags that do not change what a run computes: they may differ when resuming.
+RESUME_FREE_FLAGS = {"resume", "overwrite", "no_progress", "device", "compile", "out",
+                     "data_dir", "precision"}
+
+
+@dataclass
+class Splits:
+    train: object
+    val: object
+    test: object
+    dataset: str
+
+    @property
+    def classes(self):
+        return self.train.classes
+
+
+def load_splits(args, image_size=32):
+    """Source -> class-balanced train/val split -> optional class-balanced subset."""
+    train, test = load_source(args.dataset, args.data_dir, image_size=image_size)
+    val_size = args.val_size
+    if val_size is None:
+        val_size = 5000 if args.dataset.startswith("cifar") else len(train) // 10
+    val = None
+    if val_size > 0:
+        train, val = split_validation(train, val_size, args.seed)
+    if args.subset is not None:
+        train = take_subset(train, args.subset, args.seed)
+    return Splits(train, val, test, args.dataset)
+
+
+@dataclass
+class Experiment:
+    name: str                          # shown in titles and the final line
+    flags: dict                        # the run's resolved flags (stored, compared on resume)
+    out: Path
+    make_model: Callable[[], torch.nn.Module]
+    model_spec: dict                   # enough to rebuild the model (models.build_model)
+    splits: Splits
+    train_augment: Optional[Callable] = None   # (images, labels, generator) -> (images, targets)
+    eval_augment: Optional[Callable] = None    # deterministic, applied to val/test too
+    param_groups: Optional[Callable] = None    # model -> optimizer param groups
+    normalization: Optional[tuple] = None      # (mean, std); default: the training split's
+    image_size: Optional[int] = None           # model input size if not the stored one
+    extra_config: dict = field(default_factory=dict)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_config(experiment, device, precision, mean, std):
+    splits = experiment.splits
+    return {
+        "flags": experiment.flags,
+        "model": experiment.model_spec,
+        "dataset": splits.dataset,
+        "classes": splits.classes,
+        "num_classes": len(splits.classes),
+        "sizes": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                  "test": len(splits.test)},
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "stored_image_size": splits.train.images.shape[-1],
+        "image_size": experiment.image_size or splits.train.images.shape[-1],
+        "train_augment": repr(experiment.train_augment),
+        "eval_augment": repr(experiment.eval_augment),
+        **experiment.extra_config,
+        "device": str(device),
+        "precision": precision,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
+
+
+def _identity(config):
+    """What must match for a checkpoint to continue this run."""
+    flags = {key: value for key, value in config["flags"].items() if key not in RESUME_FREE_FLAGS}
+    return {"flags": flags, "model": config["model"], "dataset": config["dataset"],
+            "classes": config["classes"]}
+
+
+def check_resumable(saved_config, config, path):
+    saved, wanted = _identity(saved_config), _identity(config)
+    if saved == wanted:
+        return
+    for section in ("model", "dataset", "classes"):
+        if saved[section] != wanted[section]:
+            raise UserError(f"--resume: {path} is a checkpoint of another {section} "
+                            f"({saved[section]!r}, not {wanted[section]!r}): use another --out "
+                            f"or --overwrite")
+    differing = sorted(key for key in set(saved["flags"]) | set(wanted["flags"])
+                       if saved["flags"].get(key) != wanted["flags"].get(key))
+    shown = ", ".join(f"--{key.replace('_', '-')} {saved['flags'].get(key)!r} (now "
+                      f"{wanted['flags'].get(key)!r})" for key in differing[:3])
+    raise UserError(f"--resume: the run in {path.parent} was started with {shown}: pass the "
+                    f"same flags to continue it, or --overwrite to start again")
+
+
+def make_loaders(experiment, device, normalize, batch_size, seed):
+    splits = experiment.splits
+    eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
+
+    def eval_loader(data):
+        return DeviceLoader(data, eval_batch, device, normalize, shuffle=False, drop_last=False,
+                            augment=experiment.eval_augment, seed=seed)
+
+    # drop_last keeps every training batch the same shape (one graph for torch.compile, and
+    # BatchNorm never sees a batch of one); eval loaders see every image.
+    train = DeviceLoader(splits.train, batch_size, device, normalize, shuffle=True,
+                         drop_last=len(splits.train) >= batch_size,
+                         augment=_then(experiment.eval_augment, experiment.train_augment),
+                         seed=seed)
+    return train, (eval_loader(splits.val) if splits.val else None), eval_loader(splits.test)
+
+
+def _then(first, second):
+    """Compose two (images, labels, generator) transforms, either of which may be None."""
+    if first is None or second is None:
+        return first or second
+
+    def both(images, labels, generator):
+        images, labels = first(images, labels, generator)
+        return second(images, labels, generator)
+
+    both.per_image = getattr(first, "per_image", False) or getattr(second, "per_image", False)
+    return both
+
+
+def run_training(experiment, args):
+    """Train (or resume) one run; return its final metrics dict."""
+    run_dir = RunDirectory(experiment.out)
+    run_dir.check_can_start(args.resume, args.overwrite)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    mean, std = experiment.normalization or channel_stats(experiment.splits.train.images)
+    config = build_config(experiment, device, precision, mean, std)
+    saved = ckpt.load_checkpoint(run_dir.checkpoint) if args.resume else None
+    if saved is not None:
+        check_resumable(saved["config"], config, run_dir.checkpoint)
+
+    torch.manual_seed(args.seed)  # model initialisation, then dropout, draw from this
+    model = experiment.make_model().to(device, memory_format=torch.channels_last)
+    normalize = Normalizer(mean, std, device, image_size=experiment.image_size)
+    train_loader, val_loader, test_loader = make_loaders(experiment, device, normalize,
+                                                         args.batch_size, args.seed)
+    groups = experiment.param_groups(model) if experiment.param_groups else model.parameters()
+    optimizer = make_optimizer(groups, args.lr, args.weight_decay, device=device)
+    scheduler = make_scheduler(optimizer, args.epochs * len(train_loader))
+    scaler = grad_scaler(device, precision)
+    history, best_val, start_epoch = [], 0.0, 0
+    if saved is not None:
+        ckpt.unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        ckpt.restore_rng_states(saved["rng"])
+        history, best_val, start_epoch = saved["history"], saved["best_val_accuracy"], saved["epoch"]
+        print(f"resuming {run_dir.path} after epoch {start_epoch} of {args.epochs}")
+    compiled = torch.compile(model) if args.compile else model
+    progress = show_progress(args)
+
+    for epoch in range(start_epoch, args.epochs):
+        train_loader.set_epoch(epoch)
+        train = train_one_epoch(compiled, train_loader, optimizer, scheduler, scaler,
+                                device=device, precision=precision,
+                                label_smoothing=args.label_smoothing, progress=progress,
+                                description=f"{experiment.name} epoch {epoch + 1}/{args.epochs}")
+        if not math.isfinite(train["loss"]):
+            raise UserError(f"training diverged in epoch {epoch + 1}: the loss is {train['loss']}; "
+                            f"lower --lr (now {args.lr}); the last good checkpoint is kept")
+        started = time.perf_counter()
+        val = (evaluate(compiled, val_loader, device=device, precision=precision) if val_loader
+               else {"loss": float("nan"), "accuracy": float("nan")})
+        test = evaluate(compiled, test_loader, device=device, precision=precision)
+        eval_seconds = time.perf_counter() - started
+        history.append({
+            "epoch": epoch + 1, "lr": train["lr"],
+            "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "seconds": train["seconds"] + eval_seconds,
+            "images_per_second": train["images"] / train["seconds"],
+        })
+        if val_loader:
+            best_val = max(best_val, val["accuracy"])
+        if epoch == start_epoch and saved is None and args.overwrite:
+            run_dir.clear_previous_run()
+        ckpt.save_checkpoint(run_dir.checkpoint, model=model, optimizer=optimizer,
+                             scheduler=scheduler, scaler=scaler, epoch=epoch + 1,
+                             history=history, config=config, best_val_accuracy=best_val)
+        write_run_files(run_dir, config, history, best_val, experiment.name)
+        print(epoch_line(history[-1], args.epochs), flush=True)
+
+    if not history:
+        raise UserError(f"{run_dir.path} has no finished epoch to report")
+    metrics = final_metrics(history, best_val)
+    write_run_files(run_dir, config, history, best_val, experiment.name)
+    print(f"done {experiment.name}: accuracy train {metrics['train_accuracy']:.4f} "
+          f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
+          f"{format_seconds(metrics['train_seconds'])} -> {run_dir.path}", flush=True)
+    return metrics
+
+
+def write_run_files(run_dir, config, history, best_val, title):
+    run_dir.write_config(config)
+    run_dir.write_history(history)
+    run_dir.write_metrics(final_metrics(history, best_val))
+    plot_curves(history, run_dir.path / "curves.png", title=title)
+
+
+def epoch_line(row, epochs):
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4f}  "
+            f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
+            f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "
+            f"test {row['test_loss']:.3f} / {100 * row['test_accuracy']:.2f}%  "
+            f"{row['images_per_second']:.0f} img/s")
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"

@@ -1,0 +1,102 @@
+"""On-device batching: the dataset stays on the training device as uint8.
+
+Each epoch the loader shuffles with a generator seeded from (seed, epoch), so a resumed run
+sees exactly the batches an uninterrupted one would, without saving generator state. The
+batch is augmented on the device (whole batch, per-image parameters), then converted to
+float, normalised, resized if the model wants another size, and laid out channels_last.
+"""
+import torch
+import torch.nn.functional as F
+
+# Models pretrained on ImageNet expect its statistics; everything else is normalised with
+# the training split's own (computed by channel_stats: about (0.491, 0.482, 0.447) and
+# (0.247, 0.243, 0.261) for CIFAR-10).
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def channel_stats(images, chunk=4096):
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, in float64 chunks."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        pixels = images[start:start + chunk].to(torch.float64) / 255
+        total += pixels.sum(dim=(0, 2, 3))
+        total_sq += (pixels ** 2).sum(dim=(0, 2, 3))
+    count = len(images) * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean ** 2).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class Normalizer:
+    """uint8 batch on the device -> normalised float batch at the model's input size."""
+
+    def __init__(self, mean, std, device, image_size=None, channels_last=True):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.image_size = image_size
+        self.channels_last = channels_last
+
+    def __call__(self, images):
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        images = (images - self.mean) / self.std
+        if self.image_size is not None and images.shape[-1] != self.image_size:
+            # Upsample batch by batch (for ImageNet-sized models) instead of storing big images.
+            images = F.interpolate(images, size=(self.image_size, self.image_size),
+                                   mode="bilinear", align_corners=False, antialias=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+def epoch_generator(seed, epoch, device):
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + epoch)
+    return generator
+
+
+class DeviceLoader:
+    """Yields (inputs, targets) batches of an ImageData held on `device`.
+
+    Call set_epoch(epoch) before iterating (as with DistributedSampler): it selects the
+    epoch's shuffle order and augmentation randomness.
+    """
+
+    def __init__(self, data, batch_size, device, normalize, *, shuffle, drop_last,
+                 augment=None, seed=0):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.normalize = normalize
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        if self.drop_last:
+            return len(self.labels) // self.batch_size
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_images(self):
+        """Images yielded per epoch (drop_last leaves the remainder out)."""
+        return min(len(self) * self.batch_size, len(self.labels))
+
+    def __iter__(self):
+        generator = epoch_generator(self.seed, self.epoch, self.device)
+        count = len(self.labels)
+        order = (torch.randperm(count, generator=generator, device=self.device)
+                 if self.shuffle else torch.arange(count, device=self.device))
+        for step in range(len(self)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            images, targets = self.images[index], self.labels[index]
+            if self.augment is not None:
+                images, targets = self.augment(images, targets, generator)
+            yield self.normalize(images), targets
