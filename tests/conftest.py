@@ -1,0 +1,53 @@
+"""Shared test helpers: run a script as a user would, and generate image datasets."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Every script run in tests is small: a narrow network on a few synthetic images.
+QUICK = ["--dataset", "synthetic", "--width", "8", "--batch-size", "64", "--no-progress"]
+
+
+def run_script(script, *args, check=True, env=None, timeout=600):
+    """Run a repository script in a subprocess; return the CompletedProcess."""
+    environment = dict(os.environ, **(env or {}))
+    # Any download attempt fails at once instead of waiting on the network.
+    environment.setdefault("https_proxy", "http://127.0.0.1:9")
+    environment.setdefault("http_proxy", "http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, env=environment, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_image_tree(root, classes=("cat", "dog", "frog"), per_class=(12, 4), size=40,
+                     splits=("train", "test")):
+    """An ImageFolder tree of real PNG/JPEG files whose class is visible in the pixels.
+
+    Each class has its own colour; images vary in size so the source must resize them.
+    """
+    generator = np.random.default_rng(0)
+    palette = generator.integers(30, 225, size=(len(classes), 3))
+    for split, count in zip(splits, per_class):
+        for index, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for number in range(count):
+                height, width = size + number % 5, size + 2 * (number % 3)
+                noise = generator.normal(0, 20, size=(height, width, 3))
+                pixels = np.clip(palette[index] + noise, 0, 255).astype(np.uint8)
+                suffix = ".png" if number % 2 else ".jpg"
+                Image.fromarray(pixels).save(folder / f"{name}_{number}{suffix}")
+    return Path(root)
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    return write_image_tree(tmp_path / "images")
