@@ -4,6 +4,7 @@ Scripts describe a run as an `Experiment` (flags, how to build the model, the da
 augmentation) and call `run_training`; this module owns the lifecycle: refuse to clobber,
 resume, train and evaluate each epoch, write the run directory atomically, summarise.
 """
+import json
 import math
 import platform
 import subprocess
@@ -99,35 +100,45 @@ def build_config(experiment, device, precision, mean, std):
         **experiment.extra_config,
         "device": str(device),
         "precision": precision,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),  # TorchVersion is not plain data for weights_only
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
         "git_commit": git_commit(),
     }
 
 
-def _identity(config):
-    """What must match for a checkpoint to continue this run."""
+def run_identity(config):
+    """What must match for stored results to belong to this run: flags, model, data.
+
+    Takes a config (or any dict with its "flags", "model", "dataset" and "classes") and
+    normalises it through JSON, so a config read back from config.json compares equal.
+    """
     flags = {key: value for key, value in config["flags"].items() if key not in RESUME_FREE_FLAGS}
-    return {"flags": flags, "model": config["model"], "dataset": config["dataset"],
-            "classes": config["classes"]}
+    wanted = {"flags": flags, "model": config["model"], "dataset": config["dataset"],
+              "classes": config["classes"]}
+    return json.loads(json.dumps(wanted, default=str))
 
 
-def check_resumable(saved_config, config, path):
-    saved, wanted = _identity(saved_config), _identity(config)
-    if saved == wanted:
+def experiment_identity(experiment):
+    return run_identity({"flags": experiment.flags, "model": experiment.model_spec,
+                         "dataset": experiment.splits.dataset, "classes": experiment.splits.classes})
+
+
+def check_same_run(saved_config, wanted_identity, path):
+    """Refuse to continue (or reuse) a run that was started with other flags, model or data."""
+    saved = run_identity(saved_config)
+    if saved == wanted_identity:
         return
     for section in ("model", "dataset", "classes"):
-        if saved[section] != wanted[section]:
-            raise UserError(f"--resume: {path} is a checkpoint of another {section} "
-                            f"({saved[section]!r}, not {wanted[section]!r}): use another --out "
-                            f"or --overwrite")
-    differing = sorted(key for key in set(saved["flags"]) | set(wanted["flags"])
-                       if saved["flags"].get(key) != wanted["flags"].get(key))
-    shown = ", ".join(f"--{key.replace('_', '-')} {saved['flags'].get(key)!r} (now "
-                      f"{wanted['flags'].get(key)!r})" for key in differing[:3])
-    raise UserError(f"--resume: the run in {path.parent} was started with {shown}: pass the "
-                    f"same flags to continue it, or --overwrite to start again")
+        if saved[section] != wanted_identity[section]:
+            raise UserError(f"{path} holds a run of another {section} ({saved[section]!r}, not "
+                            f"{wanted_identity[section]!r}): use another --out or --overwrite")
+    flags, wanted = saved["flags"], wanted_identity["flags"]
+    differing = sorted(key for key in set(flags) | set(wanted) if flags.get(key) != wanted.get(key))
+    shown = ", ".join(f"--{key.replace('_', '-')} {flags.get(key)!r} (now {wanted.get(key)!r})"
+                      for key in differing[:3])
+    raise UserError(f"the run in {path} was started with {shown}: pass the same flags to "
+                    f"continue it, or --overwrite to start again")
 
 
 def make_loaders(experiment, device, normalize, batch_size, seed):
@@ -173,7 +184,7 @@ def run_training(experiment, args):
     config = build_config(experiment, device, precision, mean, std)
     saved = ckpt.load_checkpoint(run_dir.checkpoint) if args.resume else None
     if saved is not None:
-        check_resumable(saved["config"], config, run_dir.checkpoint)
+        check_same_run(saved["config"], experiment_identity(experiment), run_dir.path)
 
     torch.manual_seed(args.seed)  # model initialisation, then dropout, draw from this
     model = experiment.make_model().to(device, memory_format=torch.channels_last)
@@ -228,10 +239,9 @@ def run_training(experiment, args):
         write_run_files(run_dir, config, history, best_val, experiment.name)
         print(epoch_line(history[-1], args.epochs), flush=True)
 
-    if not history:
-        raise UserError(f"{run_dir.path} has no finished epoch to report")
+    if start_epoch == args.epochs:  # finished before: refresh its files (e.g. after an upgrade)
+        write_run_files(run_dir, config, history, best_val, experiment.name)
     metrics = final_metrics(history, best_val)
-    write_run_files(run_dir, config, history, best_val, experiment.name)
     print(f"done {experiment.name}: accuracy train {metrics['train_accuracy']:.4f} "
           f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
           f"{format_seconds(metrics['train_seconds'])} -> {run_dir.path}", flush=True)

@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs happen on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from engine import atomic  # noqa: E402
 
@@ -10,6 +11,9 @@ SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
 def _save(figure, path):
+    for axes in figure.axes:
+        if axes.get_xlabel() == "epoch":
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic.atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
     plt.close(figure)
@@ -52,4 +56,55 @@ def plot_comparison(histories, path, splits=("train", "val"), title=None):
         axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
+    _save(figure, path)
+
+
+def _label(key):
+    """'test_accuracy' -> 'test accuracy (%)'."""
+    text = key.replace("_", " ")
+    return f"{text} (%)" if key.endswith("accuracy") else text
+
+
+def plot_runs(histories, keys, path, title=None):
+    """One panel per history column (e.g. test_accuracy, test_loss), one line per run."""
+    figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    for axes, key in zip(axes_row[0], keys):
+        scale = 100 if key.endswith("accuracy") else 1
+        for index, (name, history) in enumerate(histories.items()):
+            axes.plot([row["epoch"] for row in history], [scale * row[key] for row in history],
+                      color=f"C{index % 10}", label=name)
+        axes.set(xlabel="epoch", ylabel=_label(key), title=_label(key))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)
+
+
+def plot_lines(panels, x_label, path, title=None):
+    """panels: [(y_label, {line name: (xs, ys)})]; one panel each, markers on every point."""
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for axes, (y_label, lines) in zip(axes_row[0], panels):
+        for index, (name, (xs, ys)) in enumerate(lines.items()):
+            axes.plot(xs, ys, "o-", color=f"C{index % 10}", label=name)
+        axes.set(xlabel=x_label, ylabel=y_label)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)
+
+
+def plot_bars(values, y_label, path, title=None, highlight=()):
+    """One bar per name (e.g. test accuracy per augmentation arm), value printed on top."""
+    names = list(values)
+    figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
+    colours = ["C1" if name in highlight else "C0" for name in names]
+    bars = axes.bar(range(len(names)), [values[name] for name in names], color=colours)
+    axes.bar_label(bars, fmt="%.1f", fontsize="small")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set(ylabel=y_label)
+    axes.grid(axis="y", alpha=0.3)
+    if title:
+        axes.set_title(title)
     _save(figure, path)

@@ -145,7 +145,7 @@ def test_resume_of_another_model_is_refused_before_anything_changes(capsys, fini
     before = {path.name: path.read_bytes() for path in finished_run.iterdir()}
     code, err = run_main(capsys, *QUICK[:2], "--width", "16", *QUICK[4:], "--subset", "200",
                          "--val-size", "100", "--epochs", "1", "--out", finished_run, "--resume")
-    assert_one_line_error(code, err, "checkpoint of another model")
+    assert_one_line_error(code, err, "holds a run of another model")
     code, err = run_main(capsys, *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
                          "--lr", "0.5", "--out", finished_run, "--resume")
     assert_one_line_error(code, err, "--lr 0.2 (now 0.5)")

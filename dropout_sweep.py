@@ -1,0 +1,139 @@
+"""Part (c): the dropout sweep. One hand-written ResNet-18 per dropout rate (and placement).
+
+The report varied the rate from 0 to 0.5 in steps of 0.1 for 80 epochs, with dropout
+"after different layers". Here the placement is explicit (--dropout-at, one study line per
+placement; join places with "+" to combine them):
+  classifier  before the final linear layer (nn.Dropout on the pooled features)
+  stage       after each residual stage, as channel dropout (nn.Dropout2d)
+  block       inside each BasicBlock, between its two convolutions (nn.Dropout2d)
+Rate 0 is the same network for every placement, so it is trained once and shared.
+
+    python dropout_sweep.py                                  # classifier dropout, 6 rates, 80 epochs
+    python dropout_sweep.py --dropout-at classifier block stage+classifier --epochs 30
+Rerunning the command after an interruption continues it (finished rates are reused).
+"""
+from pathlib import Path
+
+from engine.augment import CropFlip
+from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.errors import exits_cleanly_on_user_error
+from engine.experiment import Experiment, load_splits
+from engine.plots import plot_lines, plot_runs
+from engine.study import run_study
+from engine.summary import write_summary
+from models import build_model
+from models.resnet import DROPOUT_PLACES
+from train_scratch import RECIPE
+
+DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+STUDY_FLAGS = ("rates", "dropout_at", "out")  # the sweep's own flags, not a run's
+
+
+def placement(text):
+    places = text.split("+")
+    unknown = [place for place in places if place not in DROPOUT_PLACES]
+    if unknown or len(set(places)) != len(places):
+        raise ValueError(text)
+    return "+".join(place for place in DROPOUT_PLACES if place in places)  # canonical order
+
+
+placement.__name__ = "placement (classifier, stage, block, or several joined by +)"
+
+
+def get_args_parser():
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser, **{**RECIPE, "epochs": 80})
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--rates", type=fraction, nargs="+", default=DEFAULT_RATES,
+                       help="dropout rates to train (default 0.0 0.1 ... 0.5)")
+    sweep.add_argument("--dropout-at", type=placement, nargs="+", default=["classifier"],
+                       help="placements, one study line each: classifier, stage, block, or "
+                            "several joined by + (e.g. block+classifier)")
+    sweep.add_argument("--width", type=positive_int, default=64, help="first-stage channels (64: ResNet-18)")
+    return parser
+
+
+def planned_runs(rates, placements):
+    """(run name, placement, rate): rate 0 once, shared by every placement."""
+    runs = [("rate0.0", "none", 0.0)] if 0.0 in rates else []
+    for place in placements:
+        runs += [(f"{place}_rate{rate:.1f}", place, rate) for rate in rates if rate > 0]
+    return runs
+
+
+def make_experiments(args, splits, study_dir):
+    base_flags = {key: value for key, value in vars(args).items() if key not in STUDY_FLAGS}
+    experiments = []
+    for name, place, rate in planned_runs(sorted(set(args.rates)), args.dropout_at):
+        spec = {"name": "resnet18_cifar", "num_classes": len(splits.classes), "width": args.width,
+                "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
+        experiments.append(Experiment(
+            name=name, flags={**base_flags, "dropout": rate, "dropout_at": place},
+            out=study_dir / name, make_model=lambda spec=spec: build_model(spec), model_spec=spec,
+            splits=splits, train_augment=CropFlip(), extra_config={"study": "dropout"}))
+    return experiments
+
+
+def summary_rows(results):
+    rows = []
+    for result in results:
+        metrics, flags = result.metrics, result.experiment.flags
+        rows.append({"run": result.name, "placement": flags["dropout_at"], "rate": flags["dropout"],
+                     **{key: metrics[key] for key in ("train_accuracy", "val_accuracy",
+                                                      "test_accuracy", "test_loss")},
+                     "gap": metrics["train_accuracy"] - metrics["test_accuracy"],
+                     "best_val_accuracy": metrics["best_val_accuracy"], "epochs": metrics["epochs"],
+                     "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs"]})
+    return rows
+
+
+COLUMNS = [("run", "run", None), ("placement", "placement", None), ("rate", "rate", "{:.1f}"),
+           ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
+           ("test_accuracy", "test acc", "{:.2%}"), ("test_loss", "test loss", "{:.3f}"),
+           ("gap", "train − test", "{:+.2%}"), ("best_val_accuracy", "best val acc", "{:.2%}"),
+           ("epochs", "epochs", None), ("seconds_per_epoch", "s/epoch", "{:.1f}")]
+
+
+def lines_per_placement(rows, placements, key):
+    """{placement: (rates, values)}, each line starting from the shared rate-0 run."""
+    zero = [row for row in rows if row["rate"] == 0.0]
+    lines = {}
+    for place in placements:
+        own = zero + [row for row in rows if row["placement"] == place]
+        lines[place] = ([row["rate"] for row in own], [100 * row[key] for row in own])
+    return lines
+
+
+def write_outputs(results, args, study_dir):
+    rows = summary_rows(results)
+    histories = {result.name: result.history for result in results}
+    zero = {name: history for name, history in histories.items() if name == "rate0.0"}
+    for place in args.dropout_at:
+        own = {**zero, **{r.name: r.history for r in results
+                          if r.experiment.flags["dropout_at"] == place}}
+        plot_runs(own, ["test_accuracy", "test_loss"], study_dir / f"curves_{place}.png",
+                  title=f"test accuracy and loss per epoch, dropout at {place}")
+    plot_lines([("final test accuracy (%)", lines_per_placement(rows, args.dropout_at, "test_accuracy")),
+                ("train − test accuracy (points)", lines_per_placement(rows, args.dropout_at, "gap"))],
+               "dropout rate", study_dir / "rate_summary.png",
+               title=f"dropout sweep: final epoch ({args.epochs} epochs)")
+    write_summary(study_dir, rows, COLUMNS, "Dropout sweep", notes=[
+        "The report shows this sweep only as plots (80 epochs, placement unstated); it gives no "
+        "numbers to compare with.",
+        "Accuracies are the final epoch's; the test set is never used to choose anything.",
+        f"Plots: curves_<placement>.png (test accuracy and loss per epoch, one curve per rate), "
+        f"rate_summary.png (final test accuracy and generalisation gap against the rate)."])
+
+
+@exits_cleanly_on_user_error
+def main(args):
+    study_dir = Path(args.out or Path("results") / "dropout")
+    splits = load_splits(args)
+    results = run_study(make_experiments(args, splits, study_dir), args)
+    write_outputs(results, args, study_dir)
+    print(f"summary: {study_dir / 'summary.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
