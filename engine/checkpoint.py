@@ -50,6 +50,15 @@ def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history
         torch.save(state, temporary)
 
 
+def _unpickler_reason(error):
+    """The one informative line of torch's long weights_only refusal."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported" in line or "WeightsUnpickler error" in line:
+            return line.replace("WeightsUnpickler error: ", "")[:160]
+    return lines[0][:160] if lines else "unpickling refused"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint as data; a missing, corrupt or code-carrying file is a UserError."""
     if not path.is_file():
@@ -58,10 +67,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                        f"data ({first_line[:200]}); only load checkpoints you trust, saved by "
-                        f"this project") from None
+                        f"data ({_unpickler_reason(error)}), which could run code; only use "
+                        f"checkpoints saved by this project") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot read checkpoint {path} ({first_line[:200]}): the file is truncated "
