@@ -121,8 +121,8 @@ def write_outputs(results, args, study_dir):
         "The report shows this sweep only as plots (80 epochs, placement unstated); it gives no "
         "numbers to compare with.",
         "Accuracies are the final epoch's; the test set is never used to choose anything.",
-        f"Plots: curves_<placement>.png (test accuracy and loss per epoch, one curve per rate), "
-        f"rate_summary.png (final test accuracy and generalisation gap against the rate)."])
+        "Plots: curves_<placement>.png (test accuracy and loss per epoch, one curve per rate), "
+        "rate_summary.png (final test accuracy and generalisation gap against the rate)."])
 
 
 @exits_cleanly_on_user_error

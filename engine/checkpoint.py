@@ -6,6 +6,7 @@ loader's shuffling and augmentation are re-seeded from (seed, epoch), so they ne
 Loading uses weights_only=True: a checkpoint is data, never code.
 """
 import pickle
+import re
 import zipfile
 
 import torch
@@ -34,7 +35,8 @@ def unwrap(model):
 
 
 def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history, config,
-                    best_val_accuracy):
+                    best_val_accuracy, partial_epoch=None):
+    """epoch: epochs finished; partial_epoch: the progress of an interrupted next epoch."""
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -43,6 +45,7 @@ def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history
         "epoch": epoch,
         "history": history,
         "best_val_accuracy": best_val_accuracy,
+        "partial_epoch": partial_epoch,
         "rng": rng_states(),
         "config": config,
     }
@@ -50,27 +53,46 @@ def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history
         torch.save(state, temporary)
 
 
-def _unpickler_reason(error):
-    """The one informative line of torch's long weights_only refusal."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported" in line or "WeightsUnpickler error" in line:
-            return line.replace("WeightsUnpickler error: ", "")[:160]
-    return lines[0][:160] if lines else "unpickling refused"
+def one_line(error):
+    """An exception's message on one line, without the terminal colour codes torch adds."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    return " ".join(text.split()) or type(error).__name__
 
 
-def load_checkpoint(path, map_location="cpu"):
+def _refused_global(error):
+    """What a refused file tried to call, from torch's page-long weights_only message."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:
+        return f"it calls {found.group(1)} when unpickled"
+    found = re.search(r"WeightsUnpickler error: (.*?)(\. |$)", one_line(error))
+    return found.group(1)[:160] if found else "it holds objects other than tensors and plain data"
+
+
+def safe_load(path, what, fix):
+    """torch.load(weights_only=True), with every failure a one-line UserError.
+
+    `what` names the file in the message ("checkpoint PATH"); `fix` says what to do. There is
+    no fallback to weights_only=False: a file that needs it is refused, and its code never runs.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise UserError(f"refusing to load {what}: {_refused_global(error)}, which could run "
+                            f"code; only load files you trust, saved by this project") from None
+        raise UserError(f"cannot read {what} ({one_line(error)[:200]}): {fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
+            ImportError, KeyError, IndexError, TypeError) as error:
+        # A truncated or non-torch file fails in the zip reader (RuntimeError) or the
+        # unpickler (EOFError, ValueError, ...); torch appends paragraphs of advice.
+        reason = one_line(error).split(". ")[0][:200]
+        raise UserError(f"cannot read {what} ({type(error).__name__}: {reason}): {fix}") from None
+
+
+def load_checkpoint(path):
     """Load a checkpoint as data; a missing, corrupt or code-carrying file is a UserError."""
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train a run there first, or point to a run "
                         f"directory that has checkpoint.pt")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                        f"data ({_unpickler_reason(error)}), which could run code; only use "
-                        f"checkpoints saved by this project") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read checkpoint {path} ({first_line[:200]}): the file is truncated "
-                        f"or corrupt; delete it and train again (or use --overwrite)") from None
+    return safe_load(path, f"checkpoint {path}",
+                     "the file is truncated or corrupt; delete it and train again (or use --overwrite)")

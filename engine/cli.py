@@ -64,6 +64,9 @@ def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoot
     system.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere")
     system.add_argument("--compile", action="store_true", help="torch.compile the model")
+    system.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms only: identical results run after run "
+                             "(slower on GPU)")
     system.add_argument("--no-progress", action="store_true",
                         help="no progress bars (automatic when not on a terminal)")
 

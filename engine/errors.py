@@ -1,5 +1,12 @@
-"""Bad input is answered with one line and exit status 2, never a traceback."""
+"""How scripts end when something stops them: bad input, or a signal.
+
+Bad input is answered with one line and exit status 2, never a traceback. An interrupted
+run (SIGINT, SIGTERM) has saved a checkpoint; it says how to continue and exits with the
+shell's convention for the signal (128 + signal number: 130, 143).
+"""
 import functools
+import shlex
+import signal
 import sys
 
 
@@ -10,11 +17,30 @@ class UserError(Exception):
     """
 
 
+class Interrupted(Exception):
+    """A run stopped by a signal after saving its checkpoint."""
+
+    def __init__(self, signum, where):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}; continue with: "
+                         f"{resume_command()}")
+
+
+def resume_command():
+    """The command line that started this process, with --resume (studies accept it too)
+    and without --overwrite (which would start the run again)."""
+    argv = [arg for arg in sys.argv if arg != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return "python " + shlex.join(argv)
+
+
 EXIT_USAGE = 2
 
 
 def exits_cleanly_on_user_error(main):
-    """Wrap a script's main(): a UserError becomes `error: ...` on stderr and exit 2."""
+    """Wrap a script's main(): a UserError becomes `error: ...` on stderr and exit 2; an
+    Interrupted run prints how to resume and exits 128 + the signal number."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -23,5 +49,8 @@ def exits_cleanly_on_user_error(main):
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except Interrupted as stop:
+            print(str(stop), file=sys.stderr)
+            sys.exit(128 + stop.signum)
 
     return wrapper

@@ -5,11 +5,11 @@ augmentation) and call `run_training`; this module owns the lifecycle: refuse to
 resume, train and evaluate each epoch, write the run directory atomically, summarise.
 """
 import json
-import math
+import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,13 +17,15 @@ import torch
 import torchvision
 
 from engine import checkpoint as ckpt
+from engine.augment import Compose
 from engine.cli import show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
-from engine.errors import UserError
+from engine.errors import Interrupted, UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
-from engine.loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from engine.loop import EpochState, evaluate, make_optimizer, make_scheduler, train_one_epoch
 from engine.plots import plot_curves
 from engine.rundir import RunDirectory, final_metrics
+from engine.signals import stop_on_signals
 from engine.sources import load_source
 from engine.split import split_validation, take_subset
 
@@ -141,6 +143,12 @@ def check_same_run(saved_config, wanted_identity, path):
                     f"continue it, or --overwrite to start again")
 
 
+def compose_optional(*transforms):
+    """The transforms that are not None, one after the other (None if there are none)."""
+    present = [transform for transform in transforms if transform is not None]
+    return Compose(*present) if len(present) > 1 else (present[0] if present else None)
+
+
 def make_loaders(experiment, device, normalize, batch_size, seed):
     splits = experiment.splits
     eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
@@ -153,32 +161,62 @@ def make_loaders(experiment, device, normalize, batch_size, seed):
     # BatchNorm never sees a batch of one); eval loaders see every image.
     train = DeviceLoader(splits.train, batch_size, device, normalize, shuffle=True,
                          drop_last=len(splits.train) >= batch_size,
-                         augment=_then(experiment.eval_augment, experiment.train_augment),
+                         augment=compose_optional(experiment.eval_augment, experiment.train_augment),
                          seed=seed)
     return train, (eval_loader(splits.val) if splits.val else None), eval_loader(splits.test)
 
 
-def _then(first, second):
-    """Compose two (images, labels, generator) transforms, either of which may be None."""
-    if first is None or second is None:
-        return first or second
+@dataclass
+class Training:
+    """Everything one run's epochs need, built (or restored) by prepare_training."""
+    run_dir: RunDirectory
+    config: dict
+    device: torch.device
+    precision: str
+    model: torch.nn.Module          # the plain module (what checkpoints hold)
+    compiled: torch.nn.Module       # what runs the steps (torch.compile'd with --compile)
+    loaders: tuple                  # (train, val or None, test)
+    optimizer: object
+    scheduler: object
+    scaler: object
+    history: list = field(default_factory=list)
+    best_val: float = 0.0
+    start_epoch: int = 0
+    partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
+    replace_old_run: bool = False          # --overwrite: clear the old files at the first save
 
-    def both(images, labels, generator):
-        images, labels = first(images, labels, generator)
-        return second(images, labels, generator)
+    def save(self, epoch, partial=None):
+        if self.replace_old_run:
+            self.run_dir.clear_previous_run()
+            self.replace_old_run = False
+        ckpt.save_checkpoint(self.run_dir.checkpoint, model=self.model, optimizer=self.optimizer,
+                             scheduler=self.scheduler, scaler=self.scaler, epoch=epoch,
+                             history=self.history, config=self.config,
+                             best_val_accuracy=self.best_val,
+                             partial_epoch=asdict(partial) if partial else None)
 
-    both.per_image = getattr(first, "per_image", False) or getattr(second, "per_image", False)
-    return both
+
+def use_deterministic_algorithms(device):
+    """--deterministic: the same seed gives the same numbers, run after run.
+
+    warn_only: a few torchvision ops (adaptive average pooling's CUDA backward) have no
+    deterministic kernel; they are reported as warnings rather than stopping the run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
-def run_training(experiment, args):
-    """Train (or resume) one run; return its final metrics dict."""
+def prepare_training(experiment, args):
     run_dir = RunDirectory(experiment.out)
     run_dir.check_can_start(args.resume, args.overwrite)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if getattr(args, "deterministic", False):
+        use_deterministic_algorithms(device)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
 
     mean, std = experiment.normalization or channel_stats(experiment.splits.train.images)
     config = build_config(experiment, device, precision, mean, std)
@@ -189,63 +227,96 @@ def run_training(experiment, args):
     torch.manual_seed(args.seed)  # model initialisation, then dropout, draw from this
     model = experiment.make_model().to(device, memory_format=torch.channels_last)
     normalize = Normalizer(mean, std, device, image_size=experiment.image_size)
-    train_loader, val_loader, test_loader = make_loaders(experiment, device, normalize,
-                                                         args.batch_size, args.seed)
+    loaders = make_loaders(experiment, device, normalize, args.batch_size, args.seed)
     groups = experiment.param_groups(model) if experiment.param_groups else model.parameters()
     optimizer = make_optimizer(groups, args.lr, args.weight_decay, device=device)
-    scheduler = make_scheduler(optimizer, args.epochs * len(train_loader))
-    scaler = grad_scaler(device, precision)
-    history, best_val, start_epoch = [], 0.0, 0
+    training = Training(run_dir, config, device, precision, model,
+                        torch.compile(model) if args.compile else model, loaders, optimizer,
+                        make_scheduler(optimizer, args.epochs * len(loaders[0])),
+                        grad_scaler(device, precision), replace_old_run=args.overwrite)
     if saved is not None:
-        ckpt.unwrap(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        ckpt.restore_rng_states(saved["rng"])
-        history, best_val, start_epoch = saved["history"], saved["best_val_accuracy"], saved["epoch"]
-        print(f"resuming {run_dir.path} after epoch {start_epoch} of {args.epochs}")
-    compiled = torch.compile(model) if args.compile else model
-    progress = show_progress(args)
+        restore(training, saved)
+        where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
+                 else f"epoch {training.start_epoch}")
+        print(f"resuming {run_dir.path} after {where} of {args.epochs}", flush=True)
+    return training
 
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.set_epoch(epoch)
-        train = train_one_epoch(compiled, train_loader, optimizer, scheduler, scaler,
-                                device=device, precision=precision,
-                                label_smoothing=args.label_smoothing, progress=progress,
-                                description=f"{experiment.name} epoch {epoch + 1}/{args.epochs}")
-        if not math.isfinite(train["loss"]):
-            raise UserError(f"training diverged in epoch {epoch + 1}: the loss is {train['loss']}; "
-                            f"lower --lr (now {args.lr}); the last good checkpoint is kept")
-        started = time.perf_counter()
-        val = (evaluate(compiled, val_loader, device=device, precision=precision) if val_loader
-               else {"loss": float("nan"), "accuracy": float("nan")})
-        test = evaluate(compiled, test_loader, device=device, precision=precision)
-        eval_seconds = time.perf_counter() - started
-        history.append({
-            "epoch": epoch + 1, "lr": train["lr"],
-            "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "seconds": train["seconds"] + eval_seconds,
-            "images_per_second": train["images"] / train["seconds"],
-        })
-        if val_loader:
-            best_val = max(best_val, val["accuracy"])
-        if epoch == start_epoch and saved is None and args.overwrite:
-            run_dir.clear_previous_run()
-        ckpt.save_checkpoint(run_dir.checkpoint, model=model, optimizer=optimizer,
-                             scheduler=scheduler, scaler=scaler, epoch=epoch + 1,
-                             history=history, config=config, best_val_accuracy=best_val)
-        write_run_files(run_dir, config, history, best_val, experiment.name)
-        print(epoch_line(history[-1], args.epochs), flush=True)
 
-    if start_epoch == args.epochs:  # finished before: refresh its files (e.g. after an upgrade)
-        write_run_files(run_dir, config, history, best_val, experiment.name)
-    metrics = final_metrics(history, best_val)
+def restore(training, saved):
+    training.model.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    training.scaler.load_state_dict(saved["scaler"])
+    ckpt.restore_rng_states(saved["rng"])
+    training.history = saved["history"]
+    training.best_val = saved["best_val_accuracy"]
+    training.start_epoch = saved["epoch"]
+    if saved.get("partial_epoch"):
+        training.partial = EpochState(**saved["partial_epoch"])
+
+
+def run_training(experiment, args):
+    """Train (or resume) one run; return its final metrics dict.
+
+    SIGINT/SIGTERM finish the current step, save a checkpoint (mid-epoch if need be) and
+    raise Interrupted; a non-finite loss raises UserError, keeping the last good checkpoint.
+    """
+    training = prepare_training(experiment, args)
+    with stop_on_signals() as stop:
+        for epoch in range(training.start_epoch, args.epochs):
+            train_epoch(training, experiment, args, epoch, stop)
+            if stop():
+                raise Interrupted(stop.signum, f"after epoch {epoch + 1} (checkpoint saved in "
+                                               f"{training.run_dir.path})")
+    if training.start_epoch == args.epochs:  # finished before: refresh its files
+        write_run_files(training.run_dir, training.config, training.history, training.best_val,
+                        experiment.name)
+    metrics = final_metrics(training.history, training.best_val)
     print(f"done {experiment.name}: accuracy train {metrics['train_accuracy']:.4f} "
           f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
-          f"{format_seconds(metrics['train_seconds'])} -> {run_dir.path}", flush=True)
+          f"{format_seconds(metrics['train_seconds'])} -> {training.run_dir.path}", flush=True)
     return metrics
+
+
+def train_epoch(training, experiment, args, epoch, stop):
+    """One epoch: train, check, evaluate, then save the checkpoint and every run file."""
+    train_loader, val_loader, test_loader = training.loaders
+    train_loader.set_epoch(epoch)
+    start, training.partial = training.partial, None
+    state = train_one_epoch(training.compiled, train_loader, training.optimizer,
+                            training.scheduler, training.scaler, device=training.device,
+                            precision=training.precision, label_smoothing=args.label_smoothing,
+                            progress=show_progress(args), should_stop=stop, start=start,
+                            description=f"{experiment.name} epoch {epoch + 1}/{args.epochs}")
+    if state.first_bad_step >= 0:
+        raise UserError(f"training diverged in epoch {epoch + 1} at step {state.first_bad_step + 1}"
+                        f" (the loss is not finite): lower --lr (now {args.lr}); the last good "
+                        f"checkpoint is kept in {training.run_dir.path}")
+    if not state.finished:
+        training.save(epoch, partial=state)
+        raise Interrupted(stop.signum, f"in epoch {epoch + 1} after step {state.step} of "
+                                       f"{len(train_loader)} (checkpoint saved in "
+                                       f"{training.run_dir.path})")
+    evaluate_started = time.perf_counter()
+    val = (evaluate(training.compiled, val_loader, device=training.device,
+                    precision=training.precision) if val_loader
+           else {"loss": float("nan"), "accuracy": float("nan")})
+    test = evaluate(training.compiled, test_loader, device=training.device,
+                    precision=training.precision)
+    training.history.append({
+        "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
+        "train_loss": state.loss, "train_accuracy": state.accuracy,
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+        "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+        "seconds": state.seconds + time.perf_counter() - evaluate_started,
+        "images_per_second": state.seen / state.seconds,
+    })
+    if val_loader:
+        training.best_val = max(training.best_val, val["accuracy"])
+    training.save(epoch + 1)
+    write_run_files(training.run_dir, training.config, training.history, training.best_val,
+                    experiment.name)
+    print(epoch_line(training.history[-1], args.epochs), flush=True)
 
 
 def write_run_files(run_dir, config, history, best_val, title):

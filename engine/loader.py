@@ -90,6 +90,14 @@ class DeviceLoader:
         return min(len(self) * self.batch_size, len(self.labels))
 
     def __iter__(self):
+        return self.batches()
+
+    def batches(self, start_step=0):
+        """The epoch's batches from `start_step` on (for resuming an interrupted epoch).
+
+        Skipped batches still draw their augmentation parameters, so the generator is where
+        an uninterrupted epoch would have it: the resumed batches are exactly the same.
+        """
         generator = epoch_generator(self.seed, self.epoch, self.device)
         count = len(self.labels)
         order = (torch.randperm(count, generator=generator, device=self.device)
@@ -99,4 +107,5 @@ class DeviceLoader:
             images, targets = self.images[index], self.labels[index]
             if self.augment is not None:
                 images, targets = self.augment(images, targets, generator)
-            yield self.normalize(images), targets
+            if step >= start_step:
+                yield self.normalize(images), targets

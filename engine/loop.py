@@ -5,6 +5,7 @@ once per epoch; the only host synchronisations inside an epoch are the progress 
 refreshes (a few per epoch, and none when it is off).
 """
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,31 +52,56 @@ class ProgressBar:
         self.every = max(1, total // refreshes_per_epoch)
         self.enabled = enabled
 
-    def step(self, step, loss_sum, correct, seen, started):
+    def step(self, step, loss_sum, correct, seen, seen_since_start, started):
         self.bar.update(1)
         if self.enabled and (step + 1) % self.every == 0:
             self.bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                  acc=f"{correct.item() / seen:.3f}",
-                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
+                                 img_s=f"{seen_since_start / (time.perf_counter() - started):.0f}")
 
     def close(self):
         self.bar.close()
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, precision,
-                    label_smoothing=0.0, progress=False, description="train", on_step=None):
-    """Train for one pass over `loader`; returns loss, accuracy, images, seconds, lr.
+@dataclass
+class EpochState:
+    """Where an epoch's training stands: plain numbers, so a checkpoint can hold them."""
+    step: int = 0             # batches done
+    loss_sum: float = 0.0     # summed over images
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    first_bad_step: int = -1  # first step whose loss was not finite (-1: none)
+    finished: bool = False
 
-    on_step(step, loss) is called after every step with the step's loss tensor; the
-    divergence check uses it (it must not sync every step unless it has to).
+    @property
+    def loss(self):
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self):
+        return self.correct / max(self.seen, 1)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, precision,
+                    label_smoothing=0.0, progress=False, description="train",
+                    should_stop=lambda: False, start=None):
+    """Train over `loader` (from `start`, an EpochState of an interrupted epoch); return the
+    EpochState reached: finished, or stopped early because should_stop() turned true.
+
+    Non-finite losses are noted on the device (first_bad_step) and checked by the caller at
+    the end of the epoch, so the check costs no synchronisation per step.
     """
+    start = start or EpochState()
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    loss_sum = torch.tensor(start.loss_sum, device=device, dtype=torch.float32)
+    correct = torch.tensor(start.correct, device=device, dtype=torch.int64)
+    first_bad = torch.tensor(start.first_bad_step, device=device, dtype=torch.int64)
+    seen, step = start.seen, start.step
     bar = ProgressBar(len(loader), description, progress)
+    bar.bar.update(step)
     started = time.perf_counter()
-    for step, (inputs, targets) in enumerate(loader):
+    for inputs, targets in loader.batches(start_step=step):
         with autocast(device, precision):
             logits = model(inputs)
         loss = soft_or_hard_loss(logits, targets, label_smoothing)
@@ -84,18 +110,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += loss.detach() * len(inputs)
+        loss = loss.detach()
+        loss_sum += loss * len(inputs)
         correct += count_correct(logits.detach(), targets)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         seen += len(inputs)
-        if on_step is not None:
-            on_step(step, loss.detach())
-        bar.step(step, loss_sum, correct, seen, started)
+        bar.step(step, loss_sum, correct, seen, seen - start.seen, started)
+        step += 1
+        if should_stop() and step < len(loader):
+            break
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1),
-            "images": seen, "seconds": seconds, "lr": optimizer.param_groups[0]["lr"]}
+    return EpochState(step=step, loss_sum=loss_sum.item(), correct=int(correct.item()), seen=seen,
+                      seconds=start.seconds + time.perf_counter() - started,
+                      first_bad_step=int(first_bad.item()), finished=step == len(loader))
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ once the new one has something to show.
 """
 import csv
 import io
-import os
+import tempfile
 from pathlib import Path
 
 from engine import atomic
@@ -37,6 +37,9 @@ class RunDirectory:
         """Refuse, before any work, to clobber a run or to write where we cannot."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a directory: choose another --out")
+        if resume and overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite replaces it: "
+                            "pass one of them")
         if resume:
             if not self.checkpoint.is_file():
                 raise UserError(f"--resume: no checkpoint.pt in {self.path}: start the run without "
@@ -47,11 +50,18 @@ class RunDirectory:
         self._check_writable()
 
     def _check_writable(self):
+        """Try it: permissions alone say nothing for root or on a read-only filesystem."""
         existing = self.path
         while not existing.exists():
             existing = existing.parent
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write to {existing} (permission denied): choose another --out")
+        if not existing.is_dir():
+            raise UserError(f"cannot write to {self.path}: {existing} is a file; choose another --out")
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise UserError(f"cannot write to {existing} ({error.strerror}): choose another "
+                            f"--out") from None
 
     def clear_previous_run(self):
         """--overwrite: remove the old run's files (only those: --out may hold other things)."""

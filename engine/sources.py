@@ -13,6 +13,7 @@ them on the training device (CIFAR-10 is 150 MB) and augment whole batches there
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -128,12 +129,25 @@ def _read_image(path, image_size):
     """One RGB uint8 image, its shorter side resized to image_size, then centre-cropped."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+            image = _as_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        # SyntaxError: PIL's parsers raise it for some malformed headers.
         raise UserError(f"cannot read image {path} ({error}): fix or remove the file") from None
     tensor = TF.pil_to_tensor(image)
     tensor = TF.resize(tensor, image_size, antialias=True)
     return TF.center_crop(tensor, [image_size, image_size])
+
+
+def _as_rgb(image):
+    """RGB uint8 from any mode PIL opens: 16-bit grayscale is scaled, not clipped, to 8 bits
+    (PIL's own conversion would turn most of a 16-bit image white); alpha and palettes are
+    dropped as torchvision's ImageFolder loader does."""
+    if image.mode.startswith("I"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or array.max() > 255:
+            array = array / 257.0
+        image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 # --- synthetic ----------------------------------------------------------------------------

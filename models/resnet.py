@@ -76,7 +76,7 @@ class ResNet(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = out.mean(dim=(2, 3))  # global average pool (deterministic backward on CUDA)
         if hasattr(self, "dropout"):
             out = self.dropout(out)
         return self.linear(out)

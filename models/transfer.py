@@ -25,14 +25,13 @@ import hashlib
 import http.client
 import os
 import pathlib
-import pickle
-import re
 import urllib.parse
 
 import torch
 import torch.nn as nn
 import torchvision
 
+from engine.checkpoint import one_line, safe_load
 from engine.errors import UserError
 
 HEADS = ("linear", "mlp", "deep")
@@ -129,23 +128,6 @@ def verify_hash_prefix(path, expected_prefix):
         )
 
 
-def _one_line(error):
-    """An exception's message on one line, without the terminal colour codes torch adds."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    return " ".join(text.split()) or type(error).__name__
-
-
-def _load_failure_reason(error):
-    # torch's own message for this case is a page of advice about weights_only=False, which is
-    # exactly what must not be done with a file of unknown origin.
-    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
-        return "it pickles objects other than tensors, which could run code; refused"
-    if not str(error).strip():
-        return f"{type(error).__name__}: the file is empty or truncated"
-    first_sentence = _one_line(error).split(". ")[0]  # torch appends paragraphs of advice
-    return f"{type(error).__name__}: {first_sentence[:200]}"
-
-
 def _strip_wrapper_prefixes(state_dict):
     """Keys saved from a DDP or torch.compile wrapper, as the bare model's keys."""
     for prefix in _WRAPPER_PREFIXES:
@@ -168,15 +150,8 @@ def load_weights_file(path):
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: pass --weights PATH of a resnet18 "
                         f"state dict saved with torch.save")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
-            AttributeError, ImportError, KeyError, IndexError, TypeError) as error:
-        # weights_only refuses pickled code with UnpicklingError; a truncated or non-torch file
-        # fails in the zip reader (RuntimeError) or the unpickler (EOFError, ValueError...).
-        raise UserError(f"cannot load weights file {path} ({_load_failure_reason(error)}): pass "
-                        f"--weights PATH of a state dict saved with "
-                        f"torch.save(model.state_dict(), PATH)") from None
+    loaded = safe_load(path, f"weights file {path}", "pass --weights PATH of a state dict saved "
+                       "with torch.save(model.state_dict(), PATH)")
     for key in ("model", "state_dict"):  # a training checkpoint holding the model's state dict
         if isinstance(loaded, dict) and _is_state_dict(loaded.get(key)):
             loaded = loaded[key]
@@ -211,13 +186,13 @@ def load_imagenet_state_dict(progress=True):
     except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, SSL, disk
         raise UserError(
             f"ImageNet weights not found at {cache_path} and cannot be downloaded "
-            f"({_one_line(error)[:200]}): put {cache_path.name} there (from {IMAGENET_URL}; "
+            f"({one_line(error)[:200]}): put {cache_path.name} there (from {IMAGENET_URL}; "
             f"TORCH_HOME defaults to ~/.cache/torch), or pass --weights PATH"
         ) from None
     except RuntimeError as error:  # torch.hub's "invalid hash value", or an unreadable download
         raise UserError(
             f"downloaded ImageNet weights to {cache_path} but could not use them "
-            f"({_one_line(error)[:200]}): delete any partial {cache_path.name} and retry, "
+            f"({one_line(error)[:200]}): delete any partial {cache_path.name} and retry, "
             f"or pass --weights PATH"
         ) from None
 

@@ -1,0 +1,41 @@
+"""Graceful stop on SIGINT / SIGTERM: finish the current step, then save and exit.
+
+The handler only raises a flag that the training loop reads between steps; a second
+signal of the same kind restores the default behaviour, so an impatient Ctrl-C still
+kills the process at once (losing at most the epoch in progress, as the design allows).
+"""
+import contextlib
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self):
+        """True once a stop signal has arrived."""
+        return self.signum is not None
+
+    def handle(self, signum, frame):
+        if self.signum == signum:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Yield a StopRequest that turns true on SIGINT/SIGTERM while the block runs."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signals are delivered to the main thread only
+        return
+    previous = {signum: signal.signal(signum, request.handle) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,310 @@
+"""Reliability: signals, atomic files, divergence, safe loading, fuzzed inputs, determinism."""
+import csv
+import json
+import os
+import pathlib
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine.loop
+import train_scratch
+from conftest import QUICK, REPO, run_script
+from engine import atomic
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.errors import UserError
+from engine.rundir import RunDirectory
+from engine.sources import load_image_folder
+from engine.summary import write_summary
+
+RUN = [*QUICK[:4], "--batch-size", "32", "--no-progress", "--subset", "640", "--val-size", "100",
+       "--epochs", "2", "--seed", "3"]
+
+
+def history_rows(run):
+    with open(run / "history.csv", newline="") as handle:
+        return [{key: value for key, value in row.items()
+                 if key not in ("seconds", "images_per_second")} for row in csv.DictReader(handle)]
+
+
+def same_weights(run_a, run_b):
+    a = torch.load(run_a / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(run_b / "checkpoint.pt", weights_only=True)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    run_script("train_scratch.py", *RUN, "--out", run)
+    return run
+
+
+def interrupt_mid_epoch_two(run, signum):
+    """Start the run, wait until epoch 2 has begun, send `signum`; return the process."""
+    process = subprocess.Popen([sys.executable, "train_scratch.py", *RUN, "--out", str(run)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "history.csv").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(1.0)  # into epoch 2 (20 steps of a few hundred ms each)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(
+        tmp_path, straight_run, signum, code):
+    run = tmp_path / "run"
+    returncode, stderr = interrupt_mid_epoch_two(run, signum)
+    assert returncode == code
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    assert "continue with: python train_scratch.py" in stderr and "--resume" in stderr
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] > 0  # mid-epoch 2
+    assert len(history_rows(run)) == 1  # the finished epoch is kept
+
+    resumed = run_script("train_scratch.py", *RUN, "--out", run, "--resume")
+    assert f"after epoch 2 step {saved['partial_epoch']['step']}" in resumed.stdout
+    assert history_rows(run) == history_rows(straight_run)
+    assert same_weights(run, straight_run)
+
+
+# --- atomic files ---------------------------------------------------------------------------
+
+def _fail_midway(monkeypatch, target, name):
+    """Make target.name write half its output, then crash (a full disk, a kill)."""
+    original = getattr(target, name)
+
+    def half_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        path = next(a for a in args if isinstance(a, (str, os.PathLike)))
+        data = pathlib.Path(path).read_bytes()
+        pathlib.Path(path).write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(target, name, half_then_crash)
+
+
+def _no_temporary_files(directory):
+    return not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = tmp_path / "checkpoint.pt"
+    arguments = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                     history=[], config={"a": 1}, best_val_accuracy=0.0)
+    save_checkpoint(path, epoch=1, **arguments)
+    _fail_midway(monkeypatch, torch, "save")
+    with pytest.raises(OSError):
+        save_checkpoint(path, epoch=2, **arguments)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert _no_temporary_files(tmp_path)
+
+
+def test_a_crash_while_writing_history_or_summary_keeps_the_previous_version(tmp_path, monkeypatch):
+    run = RunDirectory(tmp_path)
+    row = {key: 1 for key in ("epoch", "lr", "train_loss", "train_accuracy", "val_loss",
+                              "val_accuracy", "test_loss", "test_accuracy", "seconds",
+                              "images_per_second")}
+    run.write_history([row])
+    write_summary(tmp_path, [{"a": 1}], [("a", "a", None)], "title")
+    before = {name: (tmp_path / name).read_text() for name in ("history.csv", "summary.csv",
+                                                               "summary.md")}
+    _fail_midway(monkeypatch, pathlib.Path, "write_text")
+    with pytest.raises(OSError):
+        run.write_history([row, {**row, "epoch": 2}])
+    with pytest.raises(OSError):
+        write_summary(tmp_path, [{"a": 2}], [("a", "a", None)], "title")
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    assert _no_temporary_files(tmp_path)
+
+
+def test_atomic_files_keep_the_usual_permissions(tmp_path):
+    atomic.write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- divergence ---------------------------------------------------------------------------
+
+def test_a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_epoch(
+        tmp_path, monkeypatch, capsys):
+    real_loss = engine.loop.soft_or_hard_loss
+    calls = {"count": 0}
+
+    def loss_that_explodes_in_epoch_two(logits, targets, label_smoothing):
+        calls["count"] += 1
+        loss = real_loss(logits, targets, label_smoothing)
+        return loss * float("inf") if calls["count"] == 20 + 3 else loss  # epoch 2, step 3
+
+    monkeypatch.setattr(engine.loop, "soft_or_hard_loss", loss_that_explodes_in_epoch_two)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train_scratch.main(train_scratch.get_args_parser().parse_args([*RUN, "--out", str(run)]))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1
+    assert "diverged in epoch 2 at step 3" in err and "lower --lr" in err
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and all(np.isfinite(v) for v in metrics.values())
+
+
+def test_a_learning_rate_far_too_high_is_reported_not_saved(tmp_path):
+    result = run_script("train_scratch.py", *RUN, "--lr", "1e12", "--epochs", "1",
+                        "--out", tmp_path / "run", check=False)
+    assert result.returncode == 2
+    assert re.search(r"diverged in epoch 1 at step \d+", result.stderr)
+    assert not (tmp_path / "run").exists()  # nothing non-finite saved
+
+
+# --- safe loading -------------------------------------------------------------------------
+
+def test_every_torch_load_in_the_project_is_weights_only():
+    sources = [p for p in REPO.rglob("*.py") if "tests" not in p.parts and ".git" not in p.parts]
+    for path in sources:
+        for call in re.findall(r"torch\.load\((.*?)\)\n", path.read_text(), flags=re.S):
+            assert "weights_only=True" in call, f"{path}: torch.load({call})"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    torch.save({"model": Payload()}, run / "checkpoint.pt")
+    with pytest.raises(SystemExit) as stopped:
+        train_scratch.main(train_scratch.get_args_parser().parse_args(
+            [*RUN, "--out", str(run), "--resume"]))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "refusing to load" in err and "it calls getattr" in err
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Payload()))  # the payload is real: unpickling it runs the code
+    assert marker.exists()
+
+
+# --- fuzzed folder datasets -----------------------------------------------------------------
+
+def _save(folder, name, image):
+    folder.mkdir(parents=True, exist_ok=True)
+    image.save(folder / name)
+    return folder / name
+
+
+@pytest.fixture
+def good_tree(tmp_path):
+    root = tmp_path / "tree"
+    for split in ("train", "test"):
+        for name, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+            _save(root / split / name, "base.png", Image.new("RGB", (20, 16), colour))
+    return root
+
+
+@pytest.mark.parametrize("mode,pixel,expected", [
+    ("L", 100, (100, 100, 100)),
+    ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+    ("P", None, None),
+    ("I;16", 51400, (200, 200, 200)),  # 16-bit: scaled by 257, not clipped to 255
+])
+def test_unusual_image_modes_load_correctly(good_tree, mode, pixel, expected):
+    if mode == "P":
+        image = Image.new("P", (20, 20), 1)
+        image.putpalette([0, 0, 0, 0, 128, 255] + [0] * (256 * 3 - 6))
+        expected = (0, 128, 255)
+    elif mode == "I;16":
+        image = Image.fromarray(np.full((20, 20), pixel, dtype=np.uint16))
+    else:
+        image = Image.new(mode, (20, 20), pixel)
+    _save(good_tree / "train" / "a" / "nested" / "deeper", f"odd_{mode.replace(';', '')}.png", image)
+    train, _ = load_image_folder(good_tree, 8)
+    assert len(train) == 3  # nested folders belong to their class
+    odd = train.images[(train.labels == 0)].view(-1, 3, 64)
+    assert any(tuple(img[:, 0].tolist()) == tuple(expected) for img in odd)
+
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("make_bad", [
+    lambda folder: (folder / "empty.png").write_bytes(b""),
+    lambda folder: (folder / "text.jpg").write_text("not an image at all"),
+    lambda folder: _truncated(_save(folder, "cut.png", Image.effect_noise((64, 64), 50))),
+    lambda folder: _truncated(_save(folder, "cut.jpg", Image.effect_noise((64, 64), 50).convert("RGB"))),
+], ids=["zero-byte", "non-image", "truncated-png", "truncated-jpeg"])
+def test_broken_images_are_named_in_one_line(good_tree, make_bad):
+    folder = good_tree / "train" / "b"
+    make_bad(folder)
+    bad = sorted(set(folder.iterdir()) - {folder / "base.png"})[0]
+    with pytest.raises(UserError) as raised:
+        load_image_folder(good_tree, 8)
+    assert str(bad) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_files_without_an_image_extension_are_ignored(good_tree):
+    (good_tree / "train" / "a" / "notes.txt").write_text("labels checked by hand")
+    train, _ = load_image_folder(good_tree, 8)
+    assert len(train) == 2
+
+
+def test_an_empty_nested_class_folder_is_named(good_tree):
+    (good_tree / "train" / "c" / "sub").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"train/c has no images"):
+        load_image_folder(good_tree, 8)
+
+
+def test_an_unwritable_out_is_reported_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in (blocker / "run", pathlib.Path("/proc/no-such-run")):
+        with pytest.raises(SystemExit) as stopped:
+            train_scratch.main(train_scratch.get_args_parser().parse_args(
+                [*RUN, "--out", str(out)]))
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and "cannot write to" in err, err
+
+
+# --- determinism --------------------------------------------------------------------------
+
+def test_deterministic_runs_repeat_exactly(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run in (first, second):
+        run_script("train_scratch.py", *RUN, "--epochs", "1", "--deterministic", "--out", run)
+    assert history_rows(first) == history_rows(second)
+    assert same_weights(first, second)
+    assert json.loads((first / "config.json").read_text())["flags"]["deterministic"] is True
+
+
+def test_deterministic_mode_switches_torch_to_deterministic_algorithms():
+    from engine.experiment import use_deterministic_algorithms
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        use_deterministic_algorithms(torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before)
