@@ -1,0 +1,208 @@
+"""Throughput of engine.augment's batched arms against torchvision applied image by image.
+
+Each batched augmentation arm (engine.augment.ARMS, as the augmentation study uses it) runs
+on a whole batch of 32x32 uint8 images; the baseline is the same torchvision.transforms.v2
+transform called once per image in a Python loop, which is how a per-image Dataset pipeline
+gets per-image parameters. Where torchvision has no such transform the baseline is named in
+the table. Warm-up runs are excluded; the time is the fastest of --repeats runs, batched and
+per-image runs taking turns.
+
+    python benchmarks/augment_throughput.py [--device cpu] [--batch-size 512] [--repeats 5]
+                                            [--threads N] [--clock wall|cpu]
+                                            [--json results/augment_throughput.json]
+
+Target: the batched op at least 10x the per-image loop on CPU for every op torchvision has.
+Measured 2026-11-27 on the project's 2-core CPU machine while other jobs kept its load
+average at 4-7, so runs vary by up to 2x. With --threads 1 --clock cpu (the steadiest):
+flip, crop+flip, centre crop, resize, blur, Cutout and random erasing 9-60x; rotation 7-9x
+and random resized crop 6-7x (both bound by grid_sample), colour jitter 6-8x (hue is ~20
+kernels), Gaussian noise 3-4x (both sides draw the same normals: the RNG is the floor).
+With torch's 2 threads and wall time, ops of a few ms lose most when a core is busy.
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from the repo root
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+import torchvision.transforms.v2 as T  # noqa: E402
+
+from engine import atomic, augment  # noqa: E402
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+TARGET_RATIO = 10.0
+
+
+def per_image(transform):
+    """Baseline: a torchvision transform called image by image."""
+    return lambda images, labels: [transform(image) for image in images]
+
+
+def per_pair(transform):
+    """Baseline for MixUp/CutMix: torchvision's (batch-level) transform on consecutive pairs,
+    so that, as in the batched op, every pair gets its own mixing weight. torchvision's
+    MixUp mixes float images only, so each pair is converted first (our arm does the same)."""
+    def run(images, labels):
+        return [transform(images[start:start + 2].float() / 255, labels[start:start + 2])
+                for start in range(0, len(images), 2)]
+    return run
+
+
+def own_op_per_image(arm):
+    """Baseline where torchvision has no such transform: our own arm, one image at a time."""
+    def run(images, labels):
+        generator = torch.Generator(device=images.device).manual_seed(0)
+        return [arm(image[None], label[None], generator) for image, label in zip(images, labels)]
+    return run
+
+
+BILINEAR = T.InterpolationMode.BILINEAR
+RESIZED = round(0.75 * IMAGE_SIZE)  # the resize / center_crop arms' intermediate size
+
+# arm name -> (torchvision baseline, its description, whether torchvision has the op)
+BASELINES = {
+    "standard": (per_image(T.Compose([T.RandomCrop(IMAGE_SIZE, padding=4),
+                                      T.RandomHorizontalFlip()])),
+                 "RandomCrop(32, padding=4) + RandomHorizontalFlip", True),
+    "rotation": (per_image(T.RandomRotation(15, interpolation=BILINEAR)),
+                 "RandomRotation(15, bilinear)", True),
+    "flip": (per_image(T.RandomHorizontalFlip()), "RandomHorizontalFlip()", True),
+    "color_jitter": (per_image(T.ColorJitter(0.4, 0.4, 0.4, 0.1)),
+                     "ColorJitter(0.4, 0.4, 0.4, 0.1)", True),
+    "random_resized_crop": (per_image(T.RandomResizedCrop(IMAGE_SIZE, scale=(0.35, 1.0))),
+                            "RandomResizedCrop(32, scale=(0.35, 1))", True),
+    "resize": (per_image(T.Compose([T.Resize(RESIZED), T.Resize(IMAGE_SIZE)])),
+               "Resize(24) + Resize(32)", True),
+    "center_crop": (per_image(T.Compose([T.CenterCrop(RESIZED), T.Resize(IMAGE_SIZE)])),
+                    "CenterCrop(24) + Resize(32)", True),
+    "cutout": (per_image(T.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))),
+               "RandomErasing(p=1, 16x16 box; the closest torchvision op)", True),
+    "gaussian_blur": (per_image(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=0.5)),
+                      "RandomApply([GaussianBlur(3, (0.1, 2))], p=0.5)", True),
+    "salt_pepper": (None, "no torchvision op: our arm on one image at a time", False),
+    "gaussian_noise": (per_image(T.GaussianNoise(sigma=0.1)), "GaussianNoise(sigma=0.1)", True),
+    "random_erasing": (per_image(T.RandomErasing()), "RandomErasing()", True),
+    "mixup": (per_pair(T.MixUp(num_classes=NUM_CLASSES)),
+              "MixUp on pairs (one weight per pair)", False),
+    "cutmix": (per_pair(T.CutMix(num_classes=NUM_CLASSES)),
+               "CutMix on pairs (one box per pair)", False),
+}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def seconds_per_call(runs, repeats, device, clock=time.perf_counter):
+    """Fastest time by `clock` of each of `runs` over `repeats` calls, after one warm-up each.
+
+    The runs take turns, so that a machine shared with other jobs slows them alike, and the
+    fastest run is the one least disturbed by them (as timeit recommends).
+    """
+    times = [[] for _ in runs]
+    for repeat in range(repeats + 1):
+        for run, run_times in zip(runs, times):
+            start = clock()
+            run()
+            synchronize(device)
+            if repeat > 0:  # the first round is the warm-up
+                run_times.append(clock() - start)
+    return [min(run_times) for run_times in times]
+
+
+def measure(name, images, labels, repeats, clock):
+    device = images.device
+    arm = augment.ARMS[name](NUM_CLASSES, IMAGE_SIZE)
+    baseline, description, torchvision_has_it = BASELINES[name]
+    baseline = baseline or own_op_per_image(arm)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batched, looped = seconds_per_call([lambda: arm(images, labels, generator),
+                                        lambda: baseline(images, labels)], repeats, device, clock)
+    count = len(images)
+    return {
+        "operation": name,
+        "batched_images_per_second": count / batched,
+        "per_image_images_per_second": count / looped,
+        "ratio": looped / batched,
+        "baseline": description,
+        "torchvision_has_op": torchvision_has_it,
+    }
+
+
+def print_table(entries):
+    header = (f"{'operation':<20} {'batched img/s':>14} {'per-image img/s':>16} {'ratio':>8}"
+              f"  baseline")
+    print(header)
+    print("-" * len(header))
+    for entry in entries:
+        below_target = entry["torchvision_has_op"] and entry["ratio"] < TARGET_RATIO
+        short = "  < 10x" if below_target else ""
+        print(f"{entry['operation']:<20} {entry['batched_images_per_second']:>14,.0f} "
+              f"{entry['per_image_images_per_second']:>16,.0f} {entry['ratio']:>7.1f}x  "
+              f"{entry['baseline']}{short}")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=512,
+                        help="images per batch (default 512)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per measurement (default 5)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--threads", type=int,
+                        help="torch intra-op CPU threads (default: torch's own choice); on a "
+                             "machine shared with other jobs, 1 avoids waiting on a busy core")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time (default); cpu: this process's CPU time, "
+                             "steadier on a busy machine (with --threads 1 on a CPU device)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    return parser
+
+
+def main(args):
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8,
+                           generator=data_generator).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=data_generator).to(device)
+    clock = CLOCKS[args.clock]
+    entries = [measure(name, images, labels, args.repeats, clock) for name in BASELINES]
+    print(f"batch {args.batch_size} of {IMAGE_SIZE}x{IMAGE_SIZE} uint8 on {device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"best of {args.repeats}")
+    print_table(entries)
+    if args.json:
+        report = {
+            "device": str(device),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else platform.processor() or platform.machine()),
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "threads": torch.get_num_threads(),
+            "clock": args.clock,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "operations": entries,
+        }
+        atomic.write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
