@@ -1,5 +1,6 @@
 """Plots of training curves: one run's curves, and several runs on shared axes."""
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # files only: runs happen on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,4 +108,28 @@ def plot_bars(values, y_label, path, title=None, highlight=()):
     axes.grid(axis="y", alpha=0.3)
     if title:
         axes.set_title(title)
+    _save(figure, path)
+
+
+def save_image_grid(rows, path, title=None):
+    """rows: {row name: (N, 3, H, W) uint8 or [0, 1] float images}; one row each, named."""
+    names = list(rows)
+    columns = max(len(images) for images in rows.values())
+    figure, axes_grid = plt.subplots(len(names), columns, layout="constrained",
+                                     figsize=(1.3 * columns + 1.5, 1.35 * len(names)),
+                                     squeeze=False)
+    for axes_row, name in zip(axes_grid, names):
+        images = rows[name]
+        if images.dtype != torch.uint8:
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        for column, axes in enumerate(axes_row):
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column < len(images):
+                axes.imshow(images[column].permute(1, 2, 0).cpu().numpy())
+            else:
+                axes.axis("off")
+        axes_row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
+    if title:
+        figure.suptitle(title)
     _save(figure, path)

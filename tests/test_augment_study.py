@@ -1,0 +1,64 @@
+"""augment_study.py end to end: a few arms on synthetic data."""
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import QUICK, run_script
+from engine import augment
+
+ARMS = ["none", "standard", "center_crop", "mixup", "trivialaugment"]
+STUDY = [*QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("augment") / "study"
+    result = run_script("augment_study.py", *STUDY, "--arms", *ARMS, "--out", out)
+    return out, result
+
+
+def test_every_run_the_table_and_the_plots_are_written(study):
+    out, _ = study
+    for arm in ARMS:
+        assert (out / arm / "metrics.json").is_file() and (out / arm / "checkpoint.pt").is_file()
+    for plot in ("test_accuracy.png", "curves.png", "gallery.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    with open(out / "summary.csv", newline="") as handle:
+        rows = {row["arm"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ARMS
+    metrics = json.loads((out / "mixup" / "metrics.json").read_text())
+    assert float(rows["mixup"]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
+    assert float(rows["mixup"]["test_error"]) == pytest.approx(1 - metrics["test_accuracy"])
+    assert rows["trivialaugment"]["execution"] == "per image"
+    assert rows["standard"]["execution"] == "batched" and rows["center_crop"]["in_report"] == "yes"
+    assert "(train and test)" in rows["center_crop"]["transform"]
+    assert "| mixup |" in (out / "summary.md").read_text()
+
+
+def test_deterministic_arms_apply_at_test_time_and_not_twice_in_training(study):
+    out, _ = study
+    config = json.loads((out / "center_crop" / "config.json").read_text())
+    assert config["train_augment"] == "None" and config["eval_augment"] != "None"
+    train, evaluate = augment.arm_transforms("center_crop", 10, 32)
+    assert train is None and evaluate is not None
+    train, evaluate = augment.arm_transforms("cutout", 10, 32)
+    assert train is not None and evaluate is None
+
+
+def test_every_arm_keeps_batch_shape_and_labels(study):
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(8)
+    for name in augment.ARMS:
+        train, evaluate = augment.arm_transforms(name, 10, 32)
+        out, targets = (train or evaluate)(images.clone(), labels.clone(), torch.Generator().manual_seed(0))
+        assert out.shape == images.shape and out.dtype == images.dtype, name
+        hard = targets.argmax(1) if targets.dim() == 2 else targets
+        assert len(hard) == 8, name
+
+
+def test_rerunning_reuses_finished_arms(study):
+    out, _ = study
+    result = run_script("augment_study.py", *STUDY, "--arms", "none", "standard", "--out", out)
+    assert result.stdout.count("finished earlier, reusing") == 2
