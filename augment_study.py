@@ -21,7 +21,7 @@ from engine.cli import Parser, add_common_args, positive_int
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits
 from engine.plots import plot_bars, plot_runs, save_image_grid
-from engine.study import run_study
+from engine.study import run_flags, run_study
 from engine.summary import write_summary
 from models import build_model
 
@@ -34,7 +34,7 @@ RECIPE = dict(
 )
 REPORT_ARMS = ["rotation", "flip", "color_jitter", "random_resized_crop", "resize",
                "center_crop", "cutout", "gaussian_blur", "salt_pepper"]
-STUDY_FLAGS = ("arms", "out")
+STUDY_FLAGS = ("arms",)
 GALLERY_IMAGES = 8
 
 
@@ -55,10 +55,9 @@ def make_experiment(name, args, splits, study_dir):
             "dropout": 0.0, "dropout_at": ["classifier"]}
     train_transform, eval_transform = augment.arm_transforms(name, len(splits.classes),
                                                      splits.train.images.shape[-1])
-    flags = {key: value for key, value in vars(args).items() if key not in STUDY_FLAGS}
     per_image = getattr(train_transform or eval_transform, "per_image", False)
     return Experiment(
-        name=name, flags={**flags, "arm": name}, out=study_dir / name,
+        name=name, flags=run_flags(args, STUDY_FLAGS, arm=name), out=study_dir / name,
         make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
         train_augment=train_transform, eval_augment=eval_transform,
         extra_config={"study": "augment", "arm": name, "per_image": per_image})

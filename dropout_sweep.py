@@ -19,14 +19,14 @@ from engine.cli import Parser, add_common_args, fraction, positive_int
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits
 from engine.plots import plot_lines, plot_runs
-from engine.study import run_study
+from engine.study import run_flags, run_study
 from engine.summary import write_summary
 from models import build_model
 from models.resnet import DROPOUT_PLACES
 from train_scratch import RECIPE
 
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
-STUDY_FLAGS = ("rates", "dropout_at", "out")  # the sweep's own flags, not a run's
+STUDY_FLAGS = ("rates", "dropout_at")  # the sweep's own flags, not a run's
 
 
 def placement(text):
@@ -62,13 +62,12 @@ def planned_runs(rates, placements):
 
 
 def make_experiments(args, splits, study_dir):
-    base_flags = {key: value for key, value in vars(args).items() if key not in STUDY_FLAGS}
     experiments = []
     for name, place, rate in planned_runs(sorted(set(args.rates)), args.dropout_at):
         spec = {"name": "resnet18_cifar", "num_classes": len(splits.classes), "width": args.width,
                 "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
         experiments.append(Experiment(
-            name=name, flags={**base_flags, "dropout": rate, "dropout_at": place},
+            name=name, flags=run_flags(args, STUDY_FLAGS, dropout=rate, dropout_at=place),
             out=study_dir / name, make_model=lambda spec=spec: build_model(spec), model_spec=spec,
             splits=splits, train_augment=CropFlip(), extra_config={"study": "dropout"}))
     return experiments

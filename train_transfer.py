@@ -22,7 +22,7 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
-from engine.study import run_study
+from engine.study import run_flags, run_study
 from engine.summary import write_summary
 from models import build_model
 from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, load_imagenet_state_dict
@@ -60,7 +60,7 @@ COMPARISONS = [
      ["frozen-mlp", "frozen-deep", "scratch"]),
     ("compare_all.png", "all configurations", list(CONFIGURATIONS)),
 ]
-STUDY_FLAGS = ("configs", "out")
+STUDY_FLAGS = ("configs",)
 
 
 def get_args_parser():
@@ -94,9 +94,8 @@ def make_experiment(name, args, splits, study_dir):
             "weights": args.weights if configuration.pretrained else "none",
             "head": configuration.head, "freeze_children": configuration.freeze_children,
             "cifar_stem": configuration.cifar_stem}
-    flags = {key: value for key, value in vars(args).items() if key not in STUDY_FLAGS}
     return Experiment(
-        name=name, flags={**flags, "config": name}, out=study_dir / name,
+        name=name, flags=run_flags(args, STUDY_FLAGS, config=name), out=study_dir / name,
         make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
         train_augment=CropFlip(),
         param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),

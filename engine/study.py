@@ -23,6 +23,15 @@ class RunResult:
     config: dict
 
 
+def run_flags(args, study_flags, **own):
+    """A run's flags: the study's flags minus those that choose runs (--arms, --rates, ...,
+    --out), plus the run's own values; what is stored in its config and compared on resume,
+    so adding an arm to a study does not invalidate the runs already finished."""
+    flags = {key: value for key, value in vars(args).items()
+             if key not in (*study_flags, "out")}
+    return {**flags, **own}
+
+
 def read_result(experiment):
     path = experiment.out
     return RunResult(name=experiment.name, experiment=experiment,
