@@ -25,7 +25,7 @@ from engine.rundir import RunDirectory
 from engine.sources import load_image_folder
 from engine.summary import write_summary
 
-RUN = [*QUICK[:4], "--batch-size", "32", "--no-progress", "--subset", "640", "--val-size", "100",
+RUN = [*QUICK[:4], "--batch-size", "32", "--no-progress", "--subset", "1280", "--val-size", "100",
        "--epochs", "2", "--seed", "3"]
 
 
@@ -49,16 +49,20 @@ def straight_run(tmp_path_factory):
 
 
 def interrupt_mid_epoch_two(run, signum):
-    """Start the run, wait until epoch 2 has begun, send `signum`; return the process."""
+    """Start the run, wait until epoch 2 has begun, send `signum`; return (exit code, stderr).
+
+    The run prints its epoch-1 line after every epoch-1 file is written, so the signal sent
+    just after that line lands inside epoch 2 (40 steps) on a fast machine as on a slow one.
+    """
     process = subprocess.Popen([sys.executable, "train_scratch.py", *RUN, "--out", str(run)],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (run / "history.csv").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(1.0)  # into epoch 2 (20 steps of a few hundred ms each)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for line in process.stdout:
+        if line.startswith("epoch   1/2"):
+            break
+    time.sleep(0.05)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=300)
     return process.returncode, stderr
 
 
@@ -155,7 +159,7 @@ def test_a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_epo
     def loss_that_explodes_in_epoch_two(logits, targets, label_smoothing):
         calls["count"] += 1
         loss = real_loss(logits, targets, label_smoothing)
-        return loss * float("inf") if calls["count"] == 20 + 3 else loss  # epoch 2, step 3
+        return loss * float("inf") if calls["count"] == 40 + 3 else loss  # epoch 2, step 3
 
     monkeypatch.setattr(engine.loop, "soft_or_hard_loss", loss_that_explodes_in_epoch_two)
     run = tmp_path / "run"
