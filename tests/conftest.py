@@ -19,14 +19,25 @@ torch.set_num_threads(1)
 QUICK = ["--dataset", "synthetic", "--width", "8", "--batch-size", "64", "--no-progress"]
 
 
+def script_environment(env=None):
+    """The environment every script runs in under test: one thread (the same float results
+    in every process, so runs compared across processes match bit for bit) and no network
+    (a download attempt fails at once instead of waiting)."""
+    return dict(os.environ, OMP_NUM_THREADS="1", https_proxy="http://127.0.0.1:9",
+                http_proxy="http://127.0.0.1:9", **(env or {}))
+
+
+def start_script(script, *args, **popen_options):
+    """Start a repository script in the background (to signal or kill it); return the Popen."""
+    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                            env=script_environment(), **popen_options)
+
+
 def run_script(script, *args, check=True, env=None, timeout=600):
     """Run a repository script in a subprocess; return the CompletedProcess."""
-    environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    # Any download attempt fails at once instead of waiting on the network.
-    environment.setdefault("https_proxy", "http://127.0.0.1:9")
-    environment.setdefault("http_proxy", "http://127.0.0.1:9")
     result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, env=environment, timeout=timeout)
+                            capture_output=True, text=True, env=script_environment(env),
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result

@@ -3,13 +3,12 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 import dropout_sweep
-from conftest import QUICK, REPO, run_script
+from conftest import QUICK, run_script, start_script
 
 SWEEP = [*QUICK, "--subset", "400", "--val-size", "200", "--epochs", "2"]
 
@@ -58,8 +57,8 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
 def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     study = tmp_path / "dropout"
     args = [*SWEEP, "--rates", "0", "0.2", "--out", str(study)]
-    process = subprocess.Popen([sys.executable, "dropout_sweep.py", *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_script("dropout_sweep.py", *args, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     second = study / "classifier_rate0.2" / "history.csv"
     deadline = time.monotonic() + 300
     while not (second.exists() and len(second.read_text().splitlines()) >= 2):

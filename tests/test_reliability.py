@@ -7,7 +7,6 @@ import pickle
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 
 import engine.loop
 import train_scratch
-from conftest import QUICK, REPO, run_script
+from conftest import QUICK, REPO, run_script, start_script
 from engine import atomic
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import UserError
@@ -54,9 +53,8 @@ def interrupt_mid_epoch_two(run, signum):
     The run prints its epoch-1 line after every epoch-1 file is written, so the signal sent
     just after that line lands inside epoch 2 (40 steps) on a fast machine as on a slow one.
     """
-    process = subprocess.Popen([sys.executable, "train_scratch.py", *RUN, "--out", str(run)],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    process = start_script("train_scratch.py", *RUN, "--out", run, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("epoch   1/2"):
             break

@@ -3,14 +3,13 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 import train_scratch
-from conftest import QUICK, REPO, run_script
+from conftest import QUICK, run_script, start_script
 from engine.rundir import HISTORY_COLUMNS, METRIC_KEYS
 
 SMALL = [*QUICK, "--subset", "1000", "--val-size", "500"]
@@ -63,8 +62,8 @@ def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
     run_script("train_scratch.py", *args, "--out", straight)
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "train_scratch.py", *args, "--out", str(interrupted)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_script("train_scratch.py", *args, "--out", interrupted,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = interrupted / "history.csv"
     deadline = time.monotonic() + 300
     while not (history.exists() and len(history.read_text().splitlines()) >= 2):
