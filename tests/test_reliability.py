@@ -71,7 +71,9 @@ def test_a_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(
     returncode, stderr = interrupt_mid_epoch_two(run, signum)
     assert returncode == code
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
-    assert "continue with: python train_scratch.py" in stderr and "--resume" in stderr
+    command = stderr.split("continue with: ")[1]
+    assert command.startswith("python ") and "train_scratch.py" in command
+    assert command.strip().endswith("--resume") and f"--out {run}" in command
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] > 0  # mid-epoch 2
     assert len(history_rows(run)) == 1  # the finished epoch is kept
