@@ -1,10 +1,11 @@
 """The fast path computes what the plain path computes.
 
-benchmarks/train_throughput.py times the project's path (uint8 batch on the device,
-Normalizer, channels_last model, the loop's loss) against the plain per-image path
-(ToTensor + Normalize per PIL image, contiguous model, nn.CrossEntropyLoss). A speed-up only
-counts if both train the same function, so here, on the CPU in fp32, one batch through each
-path gives the same loss and the same gradient for every parameter.
+The project's path (uint8 batch on the device, Normalizer, channels_last model, the loop's
+loss) is meant to be a faster way to train the same function as the plain per-image path
+most CIFAR code uses (ToTensor + Normalize per PIL image, contiguous model,
+nn.CrossEntropyLoss). A speed-up only counts if both train the same function, so here, on
+the CPU in fp32, one batch through each path gives the same loss and the same gradient for
+every parameter.
 
 Tolerances: fp32 results may differ only by summation order (channels_last convolutions
 accumulate in another order than contiguous ones), so loss to 1e-5 relative and each
