@@ -79,7 +79,7 @@ def assert_gradients_match(got, expected):
     for name, gradient in expected.items():
         difference = (got[name] - gradient).abs().max().item()
         scale = gradient.abs().max().item()
-        assert difference <= GRAD_TOL * scale + 1e-12, f"{name}: off by {difference:.3g} of {scale:.3g}"
+        assert difference <= GRAD_TOL * scale + 1e-12, f"{name}: {difference:.3g} off {scale:.3g}"
 
 
 def test_normalizer_gives_the_plain_per_image_inputs(batch):
