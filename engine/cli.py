@@ -58,12 +58,18 @@ def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoot
     training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
     training.add_argument("--label-smoothing", type=fraction, default=label_smoothing)
     training.add_argument("--seed", type=nonnegative_int, default=0)
+    training.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
+                          help="train each configuration once per seed, each in its own "
+                               "seed<S>/ run directory, and summarise mean ± std (replaces --seed)")
 
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     system.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere")
     system.add_argument("--compile", action="store_true", help="torch.compile the model")
+    system.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun on CUDA: BatchNorm statistics over the global batch "
+                             "(SyncBatchNorm); ignored on CPU")
     system.add_argument("--deterministic", action="store_true",
                         help="deterministic algorithms only: identical results run after run "
                              "(slower on GPU)")
