@@ -35,8 +35,10 @@ def unwrap(model):
 
 
 def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history, config,
-                    best_val_accuracy, partial_epoch=None):
-    """epoch: epochs finished; partial_epoch: the progress of an interrupted next epoch."""
+                    best_val_accuracy, partial_epoch=None, rng_by_rank=None):
+    """epoch: epochs finished; partial_epoch: the progress of an interrupted next epoch;
+    rng_by_rank: every rank's RNG states under torchrun (default: this process's)."""
+    rng_by_rank = rng_by_rank or [rng_states()]
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -46,9 +48,11 @@ def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history
         "history": history,
         "best_val_accuracy": best_val_accuracy,
         "partial_epoch": partial_epoch,
-        "rng": rng_states(),
+        "rng": rng_by_rank[0],
         "config": config,
     }
+    if len(rng_by_rank) > 1:
+        state["rng_by_rank"] = rng_by_rank
     with atomic.atomic_path(path) as temporary:
         torch.save(state, temporary)
 

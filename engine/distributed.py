@@ -1,10 +1,31 @@
 """Several processes (torchrun) training one model with DistributedDataParallel.
 
-A script started by torchrun finds RANK, WORLD_SIZE and LOCAL_RANK in its environment;
-everything here also works in a plain single process (rank 0 of 1), so callers never branch
-on how they were started.
+    torchrun --standalone --nproc_per_node=4 train_scratch.py          # 4 GPUs, one machine
+
+A script started by torchrun finds RANK, WORLD_SIZE and LOCAL_RANK in its environment and
+joins the process group (NCCL on CUDA, gloo on CPU) the first time `setup` is called. Every
+function here also works in a plain single process (rank 0 of 1), so callers never branch
+on how they were started. The division of work:
+  - every rank holds the whole dataset and takes its own slice of each global batch;
+  - rank 0 alone downloads (the others wait), decides whether a run is new, resumed or done,
+    writes files and shows progress; what it decides or fails on is sent to every rank, so
+    all of them continue, or all stop with the same one-line error;
+  - metrics are summed over ranks, counting every image of an evaluated split once.
 """
+import atexit
+import os
+from functools import lru_cache
+
+import numpy as np
+import torch
 import torch.distributed as dist
+from torch import nn
+
+from engine.errors import UserError
+
+
+def launched_by_torchrun():
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_distributed():
@@ -12,7 +33,11 @@ def is_distributed():
 
 
 def rank():
-    return dist.get_rank() if is_distributed() else 0
+    if is_distributed():
+        return dist.get_rank()
+    # Before the process group exists (a bad flag, a missing dataset), RANK still tells
+    # rank 0 from the others, so only one of them reports the error.
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
 def world_size():
@@ -22,3 +47,166 @@ def world_size():
 def is_main_process():
     """Rank 0: the one process that downloads, writes files and shows progress."""
     return rank() == 0
+
+
+def setup(device):
+    """Join torchrun's process group (once) and return the device this process trains on.
+
+    Under torchrun each process takes the GPU of its LOCAL_RANK; `device` is what --device
+    resolved to (cuda picks the backend, its index is replaced).
+    """
+    if not launched_by_torchrun():
+        return device
+    if device.type == "mps":
+        raise UserError("torchrun with --device mps is not supported (no multi-process backend "
+                        "for MPS): use --device cpu, or run without torchrun")
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE')} processes on a "
+                            f"machine with {torch.cuda.device_count()} GPU(s): pass "
+                            f"--nproc_per_node={torch.cuda.device_count()} or fewer")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        atexit.register(_leave)
+    return device
+
+
+def _leave():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+@lru_cache(maxsize=1)
+def _cpu_group():
+    """A gloo group for small host-side agreements (stop flags): no GPU synchronisation."""
+    return dist.new_group(backend="gloo")
+
+
+def broadcast_from_main(value):
+    """rank 0's `value`, on every rank (any picklable object)."""
+    if not is_distributed():
+        return value
+    holder = [value if is_main_process() else None]
+    dist.broadcast_object_list(holder, src=0, group=_cpu_group())
+    return holder[0]
+
+
+def on_main(function):
+    """function() run on rank 0 only; its result (or its UserError) reaches every rank."""
+    if not is_distributed():
+        return function()
+    outcome = None
+    if is_main_process():
+        try:
+            outcome = ("ok", function())
+        except UserError as error:
+            outcome = ("error", str(error))
+    kind, value = broadcast_from_main(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def main_first(function):
+    """function() on rank 0, then on the others (a download that the others then read).
+
+    If rank 0 fails with a UserError, every rank stops with it instead of trying again.
+    """
+    if not is_distributed():
+        return function()
+    if is_main_process():
+        try:
+            result = function()
+        except UserError as error:
+            broadcast_from_main(str(error))
+            raise
+        broadcast_from_main(None)
+        return result
+    problem = broadcast_from_main(None)
+    if problem is not None:
+        raise UserError(problem)
+    return function()
+
+
+def any_rank(flag):
+    """True on every rank if `flag` is true on any rank (e.g. a stop signal)."""
+    if not is_distributed():
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_cpu_group())
+    return bool(value.item())
+
+
+def sum_over_ranks(*numbers):
+    """The sums over ranks of plain numbers (counts, loss sums), as Python floats."""
+    if not is_distributed():
+        return numbers
+    values = torch.tensor(numbers, dtype=torch.float64)
+    dist.all_reduce(values, group=_cpu_group())
+    return tuple(values.tolist())
+
+
+def min_over_ranks(number):
+    """The smallest of the ranks' values of `number` (an int), on every rank."""
+    if not is_distributed():
+        return number
+    value = torch.tensor([number], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_cpu_group())
+    return int(value.item())
+
+
+def gather_to_main(value):
+    """[value of rank 0, value of rank 1, ...] on rank 0 (None elsewhere)."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * world_size() if is_main_process() else None
+    dist.gather_object(value, gathered, dst=0, group=_cpu_group())
+    return gathered
+
+
+def mixed_seed(seed, *keys):
+    """One seed from several numbers (the run's seed, an epoch, a rank), well apart for
+    neighbouring values: each rank's own randomness (augmentation, dropout) comes from it."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def sync_buffers(model):
+    """Give every rank rank 0's BatchNorm statistics (each rank updated them with its own
+    shard in the last step), so evaluation and the saved checkpoint see one model."""
+    if not is_distributed():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def convert_sync_batchnorm(model):
+    """nn.BatchNorm2d -> nn.SyncBatchNorm (statistics over the global batch).
+
+    Only plain BatchNorm2d is converted: a frozen layer's EvalModeBatchNorm2d (models/
+    transfer.py) uses fixed ImageNet statistics and must keep its class.
+    """
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            convert_sync_batchnorm(child)
+    return model
+
+
+def wrap_for_training(model, device, sync_bn):
+    """The module that runs training steps: DDP over the process group, or `model` itself."""
+    if not is_distributed():
+        return model
+    if sync_bn:
+        if device.type == "cuda":
+            convert_sync_batchnorm(model)
+        elif is_main_process():
+            print(f"--sync-bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on "
+                  f"{device.type}", flush=True)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True)

@@ -5,6 +5,7 @@ run (SIGINT, SIGTERM) has saved a checkpoint; it says how to continue and exits 
 shell's convention for the signal (128 + signal number: 130, 143).
 """
 import functools
+import os
 import shlex
 import signal
 import sys
@@ -28,11 +29,22 @@ class Interrupted(Exception):
 
 def resume_command():
     """The command line that started this process, with --resume (studies accept it too)
-    and without --overwrite (which would start the run again)."""
+    and without --overwrite (which would start the run again); under torchrun, a torchrun
+    command with the same number of processes."""
     argv = [arg for arg in sys.argv if arg != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
-    return "python " + shlex.join(argv)
+    return launcher() + " " + shlex.join(argv)
+
+
+def launcher():
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return "python"
+    words = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')}"
+    nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if nodes > 1:
+        words += f" --nnodes={nodes} (and the same rendezvous flags)"
+    return words
 
 
 EXIT_USAGE = 2
@@ -40,17 +52,21 @@ EXIT_USAGE = 2
 
 def exits_cleanly_on_user_error(main):
     """Wrap a script's main(): a UserError becomes `error: ...` on stderr and exit 2; an
-    Interrupted run prints how to resume and exits 128 + the signal number."""
+    Interrupted run prints how to resume and exits 128 + the signal number. Under torchrun
+    every rank exits so, and rank 0 alone prints (they all hold the same message)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        from engine.distributed import is_main_process  # it imports this module
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            if is_main_process():
+                print(f"error: {error}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except Interrupted as stop:
-            print(str(stop), file=sys.stderr)
+            if is_main_process():
+                print(str(stop), file=sys.stderr)
             sys.exit(128 + stop.signum)
 
     return wrapper

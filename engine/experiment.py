@@ -3,6 +3,8 @@
 Scripts describe a run as an `Experiment` (flags, how to build the model, the data and its
 augmentation) and call `run_training`; this module owns the lifecycle: refuse to clobber,
 resume, train and evaluate each epoch, write the run directory atomically, summarise.
+Under torchrun the same code runs in every process (engine.distributed): rank 0 decides,
+writes and prints; every rank trains on its slice of each batch and evaluates its share.
 """
 import json
 import os
@@ -17,6 +19,7 @@ import torch
 import torchvision
 
 from engine import checkpoint as ckpt
+from engine import distributed
 from engine.augment import Compose
 from engine.cli import show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
@@ -25,7 +28,7 @@ from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import EpochState, evaluate, make_optimizer, make_scheduler, train_one_epoch
 from engine.plots import plot_curves
 from engine.rundir import RunDirectory, final_metrics
-from engine.signals import stop_on_signals
+from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source
 from engine.split import split_validation, take_subset
 
@@ -46,9 +49,20 @@ class Splits:
         return self.train.classes
 
 
+def training_device(args):
+    """The device this process trains on: --device, or under torchrun this rank's own
+    (joining the process group the first time)."""
+    return distributed.setup(resolve_device(args.device))
+
+
 def load_splits(args, image_size=32):
-    """Source -> class-balanced train/val split -> optional class-balanced subset."""
-    train, test = load_source(args.dataset, args.data_dir, image_size=image_size)
+    """Source -> class-balanced train/val split -> optional class-balanced subset.
+
+    Under torchrun rank 0 loads (and downloads) first; the others read what it fetched.
+    """
+    training_device(args)
+    train, test = distributed.main_first(
+        lambda: load_source(args.dataset, args.data_dir, image_size=image_size))
     val_size = args.val_size
     if val_size is None:
         val_size = 5000 if args.dataset.startswith("cifar") else len(train) // 10
@@ -150,11 +164,18 @@ def compose_optional(*transforms):
 
 
 def make_loaders(experiment, device, normalize, batch_size, seed):
+    """(train, val or None, test) loaders. Under torchrun batch_size stays the global batch
+    (each rank takes its slice), and each rank evaluates every world_size-th image."""
     splits = experiment.splits
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if batch_size % world_size:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} "
+                        f"processes: use a multiple of {world_size}")
     eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
 
     def eval_loader(data):
-        return DeviceLoader(data, eval_batch, device, normalize, shuffle=False, drop_last=False,
+        share = data.select(slice(rank, None, world_size))  # every image once over all ranks
+        return DeviceLoader(share, eval_batch, device, normalize, shuffle=False, drop_last=False,
                             augment=experiment.eval_augment, seed=seed)
 
     # drop_last keeps every training batch the same shape (one graph for torch.compile, and
@@ -162,7 +183,7 @@ def make_loaders(experiment, device, normalize, batch_size, seed):
     train = DeviceLoader(splits.train, batch_size, device, normalize, shuffle=True,
                          drop_last=len(splits.train) >= batch_size,
                          augment=compose_optional(experiment.eval_augment, experiment.train_augment),
-                         seed=seed)
+                         seed=seed, rank=rank, world_size=world_size)
     return train, (eval_loader(splits.val) if splits.val else None), eval_loader(splits.test)
 
 
@@ -174,7 +195,10 @@ class Training:
     device: torch.device
     precision: str
     model: torch.nn.Module          # the plain module (what checkpoints hold)
-    compiled: torch.nn.Module       # what runs the steps (torch.compile'd with --compile)
+    compiled: torch.nn.Module       # what runs the steps (DDP under torchrun, then --compile)
+    evaluator: torch.nn.Module      # what evaluates: the plain module (--compile'd); each
+                                    # rank evaluates a different number of images, which
+                                    # DDP's forward (a collective) would not allow
     loaders: tuple                  # (train, val or None, test)
     optimizer: object
     scheduler: object
@@ -186,6 +210,10 @@ class Training:
     replace_old_run: bool = False          # --overwrite: clear the old files at the first save
 
     def save(self, epoch, partial=None):
+        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
+        rng_by_rank = distributed.gather_to_main(ckpt.rng_states())
+        if not distributed.is_main_process():
+            return
         if self.replace_old_run:
             self.run_dir.clear_previous_run()
             self.replace_old_run = False
@@ -193,7 +221,8 @@ class Training:
                              scheduler=self.scheduler, scaler=self.scaler, epoch=epoch,
                              history=self.history, config=self.config,
                              best_val_accuracy=self.best_val,
-                             partial_epoch=asdict(partial) if partial else None)
+                             partial_epoch=asdict(partial) if partial else None,
+                             rng_by_rank=rng_by_rank)
 
 
 def use_deterministic_algorithms(device):
@@ -208,10 +237,18 @@ def use_deterministic_algorithms(device):
     torch.backends.cudnn.deterministic = True
 
 
+def load_run_to_resume(run_dir, experiment):
+    saved = ckpt.load_checkpoint(run_dir.checkpoint)
+    check_same_run(saved["config"], experiment_identity(experiment), run_dir.path)
+    return saved
+
+
 def prepare_training(experiment, args):
     run_dir = RunDirectory(experiment.out)
-    run_dir.check_can_start(args.resume, args.overwrite)
-    device = resolve_device(args.device)
+    device = training_device(args)
+    # Rank 0 checks the run directory and reads the checkpoint; every rank gets its answer
+    # (the other machines of a multi-node run need not see the files).
+    distributed.on_main(lambda: run_dir.check_can_start(args.resume, args.overwrite))
     precision = resolve_precision(args.precision, device)
     if getattr(args, "deterministic", False):
         use_deterministic_algorithms(device)
@@ -220,39 +257,63 @@ def prepare_training(experiment, args):
 
     mean, std = experiment.normalization or channel_stats(experiment.splits.train.images)
     config = build_config(experiment, device, precision, mean, std)
-    saved = ckpt.load_checkpoint(run_dir.checkpoint) if args.resume else None
-    if saved is not None:
-        check_same_run(saved["config"], experiment_identity(experiment), run_dir.path)
+    config["world_size"] = distributed.world_size()
+    saved = distributed.on_main(lambda: load_run_to_resume(run_dir, experiment)) if args.resume else None
 
-    torch.manual_seed(args.seed)  # model initialisation, then dropout, draw from this
+    torch.manual_seed(args.seed)  # model initialisation (the same on every rank) draws from this
     model = experiment.make_model().to(device, memory_format=torch.channels_last)
+    if distributed.world_size() > 1:
+        torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))  # own dropout
     normalize = Normalizer(mean, std, device, image_size=experiment.image_size)
     loaders = make_loaders(experiment, device, normalize, args.batch_size, args.seed)
     groups = experiment.param_groups(model) if experiment.param_groups else model.parameters()
     optimizer = make_optimizer(groups, args.lr, args.weight_decay, device=device)
-    training = Training(run_dir, config, device, precision, model,
-                        torch.compile(model) if args.compile else model, loaders, optimizer,
-                        make_scheduler(optimizer, args.epochs * len(loaders[0])),
+    training = Training(run_dir, config, device, precision, model, model, model, loaders,
+                        optimizer, make_scheduler(optimizer, args.epochs * len(loaders[0])),
                         grad_scaler(device, precision), replace_old_run=args.overwrite)
     if saved is not None:
-        restore(training, saved)
+        restore(training, saved, args.seed)
         where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
                  else f"epoch {training.start_epoch}")
-        print(f"resuming {run_dir.path} after {where} of {args.epochs}", flush=True)
+        print_on_main(f"resuming {run_dir.path} after {where} of {args.epochs}")
+    stepper = distributed.wrap_for_training(model, device, getattr(args, "sync_bn", False))
+    training.compiled = torch.compile(stepper) if args.compile else stepper
+    training.evaluator = (training.compiled if stepper is model
+                          else torch.compile(model) if args.compile else model)
     return training
 
 
-def restore(training, saved):
+def restore(training, saved, seed):
     training.model.load_state_dict(saved["model"])
     training.optimizer.load_state_dict(saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
     training.scaler.load_state_dict(saved["scaler"])
-    ckpt.restore_rng_states(saved["rng"])
+    restore_this_ranks_rng(saved, seed)
     training.history = saved["history"]
     training.best_val = saved["best_val_accuracy"]
     training.start_epoch = saved["epoch"]
     if saved.get("partial_epoch"):
         training.partial = EpochState(**saved["partial_epoch"])
+        if not distributed.is_main_process():
+            training.partial = training.partial.progress_only()  # rank 0 carries the sums
+
+
+def restore_this_ranks_rng(saved, seed):
+    """Each rank continues its own random stream (dropout) when the number of processes is
+    the one the checkpoint was saved with; otherwise rank 0 takes the saved one and the
+    others start fresh streams from the seed, the rank and the epoch."""
+    by_rank = saved.get("rng_by_rank") or [saved["rng"]]
+    if len(by_rank) == distributed.world_size():
+        ckpt.restore_rng_states(by_rank[distributed.rank()])
+    elif distributed.is_main_process():
+        ckpt.restore_rng_states(by_rank[0])
+    else:
+        torch.manual_seed(distributed.mixed_seed(seed, distributed.rank(), saved["epoch"]))
+
+
+def print_on_main(text):
+    if distributed.is_main_process():
+        print(text, flush=True)
 
 
 def run_training(experiment, args):
@@ -262,7 +323,8 @@ def run_training(experiment, args):
     raise Interrupted; a non-finite loss raises UserError, keeping the last good checkpoint.
     """
     training = prepare_training(experiment, args)
-    with stop_on_signals() as stop:
+    with stop_on_signals() as request:
+        stop = AgreedStop(request)
         for epoch in range(training.start_epoch, args.epochs):
             train_epoch(training, experiment, args, epoch, stop)
             if stop():
@@ -272,9 +334,9 @@ def run_training(experiment, args):
         write_run_files(training.run_dir, training.config, training.history, training.best_val,
                         experiment.name)
     metrics = final_metrics(training.history, training.best_val)
-    print(f"done {experiment.name}: accuracy train {metrics['train_accuracy']:.4f} "
-          f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
-          f"{format_seconds(metrics['train_seconds'])} -> {training.run_dir.path}", flush=True)
+    print_on_main(f"done {experiment.name}: accuracy train {metrics['train_accuracy']:.4f} "
+                  f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
+                  f"{format_seconds(metrics['train_seconds'])} -> {training.run_dir.path}")
     return metrics
 
 
@@ -286,8 +348,10 @@ def train_epoch(training, experiment, args, epoch, stop):
     state = train_one_epoch(training.compiled, train_loader, training.optimizer,
                             training.scheduler, training.scaler, device=training.device,
                             precision=training.precision, label_smoothing=args.label_smoothing,
-                            progress=show_progress(args), should_stop=stop, start=start,
+                            progress=show_progress(args) and distributed.is_main_process(),
+                            should_stop=stop, start=start,
                             description=f"{experiment.name} epoch {epoch + 1}/{args.epochs}")
+    state = state.summed_over_ranks()
     if state.first_bad_step >= 0:
         raise UserError(f"training diverged in epoch {epoch + 1} at step {state.first_bad_step + 1}"
                         f" (the loss is not finite): lower --lr (now {args.lr}); the last good "
@@ -298,10 +362,11 @@ def train_epoch(training, experiment, args, epoch, stop):
                                        f"{len(train_loader)} (checkpoint saved in "
                                        f"{training.run_dir.path})")
     evaluate_started = time.perf_counter()
-    val = (evaluate(training.compiled, val_loader, device=training.device,
+    distributed.sync_buffers(training.model)  # one model on every rank, as the checkpoint
+    val = (evaluate(training.evaluator, val_loader, device=training.device,
                     precision=training.precision) if val_loader
-           else {"loss": float("nan"), "accuracy": float("nan")})
-    test = evaluate(training.compiled, test_loader, device=training.device,
+           else {"loss": float("nan"), "accuracy": float("nan"), "images": 0})
+    test = evaluate(training.evaluator, test_loader, device=training.device,
                     precision=training.precision)
     training.history.append({
         "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
@@ -310,16 +375,20 @@ def train_epoch(training, experiment, args, epoch, stop):
         "test_loss": test["loss"], "test_accuracy": test["accuracy"],
         "seconds": state.seconds + time.perf_counter() - evaluate_started,
         "images_per_second": state.seen / state.seconds,
+        "val_images": val["images"], "test_images": test["images"],
     })
     if val_loader:
         training.best_val = max(training.best_val, val["accuracy"])
     training.save(epoch + 1)
     write_run_files(training.run_dir, training.config, training.history, training.best_val,
                     experiment.name)
-    print(epoch_line(training.history[-1], args.epochs), flush=True)
+    print_on_main(epoch_line(training.history[-1], args.epochs))
 
 
 def write_run_files(run_dir, config, history, best_val, title):
+    """config.json, history.csv, metrics.json and curves.png (rank 0 only)."""
+    if not distributed.is_main_process():
+        return
     run_dir.write_config(config)
     run_dir.write_history(history)
     run_dir.write_metrics(final_metrics(history, best_val))

@@ -4,9 +4,14 @@ Each epoch the loader shuffles with a generator seeded from (seed, epoch), so a 
 sees exactly the batches an uninterrupted one would, without saving generator state. The
 batch is augmented on the device (whole batch, per-image parameters), then converted to
 float, normalised, resized if the model wants another size, and laid out channels_last.
+
+Under torchrun every rank draws the same global order and takes its own slice of each
+global batch; its augmentation has its own generator, seeded from (seed, epoch, rank).
 """
 import torch
 import torch.nn.functional as F
+
+from engine.distributed import mixed_seed
 
 # Models pretrained on ImageNet expect its statistics; everything else is normalised with
 # the training split's own (computed by channel_stats: about (0.491, 0.482, 0.447) and
@@ -50,21 +55,24 @@ class Normalizer:
         return images
 
 
-def epoch_generator(seed, epoch, device):
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + epoch)
-    return generator
+def epoch_generators(seed, epoch, rank, device):
+    """(order, augmentation) generators of an epoch: the order is the same on every rank
+    (one global shuffle), the augmentation draws are each rank's own."""
+    order = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    augmentation = torch.Generator(device=device).manual_seed(mixed_seed(seed, epoch, rank))
+    return order, augmentation
 
 
 class DeviceLoader:
     """Yields (inputs, targets) batches of an ImageData held on `device`.
 
     Call set_epoch(epoch) before iterating (as with DistributedSampler): it selects the
-    epoch's shuffle order and augmentation randomness.
+    epoch's shuffle order and augmentation randomness. With world_size > 1, batch_size is
+    the global batch and this rank yields its slice of each (batch_size / world_size images).
     """
 
     def __init__(self, data, batch_size, device, normalize, *, shuffle, drop_last,
-                 augment=None, seed=0):
+                 augment=None, seed=0, rank=0, world_size=1):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
@@ -74,6 +82,8 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.augment = augment
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch):
@@ -86,7 +96,7 @@ class DeviceLoader:
 
     @property
     def num_images(self):
-        """Images yielded per epoch (drop_last leaves the remainder out)."""
+        """Images yielded per epoch over all ranks (drop_last leaves the remainder out)."""
         return min(len(self) * self.batch_size, len(self.labels))
 
     def __iter__(self):
@@ -98,12 +108,14 @@ class DeviceLoader:
         Skipped batches still draw their augmentation parameters, so the generator is where
         an uninterrupted epoch would have it: the resumed batches are exactly the same.
         """
-        generator = epoch_generator(self.seed, self.epoch, self.device)
+        order_generator, generator = epoch_generators(self.seed, self.epoch, self.rank,
+                                                      self.device)
         count = len(self.labels)
-        order = (torch.randperm(count, generator=generator, device=self.device)
+        order = (torch.randperm(count, generator=order_generator, device=self.device)
                  if self.shuffle else torch.arange(count, device=self.device))
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            index = index.tensor_split(self.world_size)[self.rank]  # this rank's slice
             images, targets = self.images[index], self.labels[index]
             if self.augment is not None:
                 images, targets = self.augment(images, targets, generator)

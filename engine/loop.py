@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from engine.device import autocast
+from engine.distributed import min_over_ranks, sum_over_ranks
 
 
 def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, device=None):
@@ -82,6 +83,21 @@ class EpochState:
     def accuracy(self):
         return self.correct / max(self.seen, 1)
 
+    def summed_over_ranks(self):
+        """The whole global batch's figures (each rank trained on its own slice); the same
+        steps and finish on every rank, which stop together."""
+        loss_sum, correct, seen = sum_over_ranks(self.loss_sum, self.correct, self.seen)
+        no_bad_step = 2 ** 62
+        first_bad = min_over_ranks(self.first_bad_step if self.first_bad_step >= 0 else no_bad_step)
+        return EpochState(step=self.step, loss_sum=loss_sum, correct=int(correct), seen=int(seen),
+                          seconds=self.seconds, finished=self.finished,
+                          first_bad_step=first_bad if first_bad != no_bad_step else -1)
+
+    def progress_only(self):
+        """Where the epoch stands without its sums: how a rank other than 0 resumes it (the
+        checkpoint's sums are global and are counted once, by rank 0)."""
+        return EpochState(step=self.step, seconds=self.seconds)
+
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, precision,
                     label_smoothing=0.0, progress=False, description="train",
@@ -129,7 +145,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
 
 @torch.inference_mode()
 def evaluate(model, loader, *, device, precision):
-    """Mean loss (plain cross-entropy) and accuracy over every image of `loader`."""
+    """Mean loss (plain cross-entropy), accuracy and image count over every image of
+    `loader`, summed over ranks when each rank evaluates its own share of a split."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -140,4 +157,5 @@ def evaluate(model, loader, *, device, precision):
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += count_correct(logits, targets)
         seen += len(inputs)
-    return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1)}
+    loss_sum, correct, seen = sum_over_ranks(loss_sum.item(), correct.item(), seen)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}

@@ -70,7 +70,9 @@ class RunDirectory:
 
     def write_history(self, history):
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        # Rows may carry more than the file's columns (e.g. evaluated image counts).
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n",
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
         atomic.write_text(self.path / "history.csv", buffer.getvalue())
@@ -87,6 +89,8 @@ def final_metrics(history, best_val_accuracy):
     metrics = {key: last[key] for key in METRIC_KEYS}
     metrics.update(best_val_accuracy=best_val_accuracy, epochs=last["epoch"],
                    train_seconds=sum(row["seconds"] for row in history))
+    # How many images the last evaluation counted (summed over ranks under torchrun).
+    metrics.update({key: last[key] for key in ("val_images", "test_images") if key in last})
     return metrics
 
 

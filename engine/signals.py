@@ -8,6 +8,8 @@ import contextlib
 import signal
 import threading
 
+from engine.distributed import any_rank
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -24,6 +26,23 @@ class StopRequest:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.signum = signum
+
+
+class AgreedStop:
+    """A StopRequest that every rank answers alike: under torchrun a rank that stopped alone
+    would leave the others waiting in the next collective. Every rank must call it the same
+    number of times (once per step, once per epoch); in one process it is the request itself."""
+
+    def __init__(self, request):
+        self.request = request
+
+    def __call__(self):
+        return any_rank(self.request())
+
+    @property
+    def signum(self):
+        # A rank stopped by another's signal reports SIGTERM, what torchrun forwards.
+        return self.request.signum or signal.SIGTERM
 
 
 @contextlib.contextmanager

@@ -1,0 +1,198 @@
+"""Training under torchrun with DistributedDataParallel, on CPU with gloo: two processes.
+
+The in-process tests check how the loader splits the work between ranks; the torchrun
+tests run train_scratch.py as a user would (through tests/ddp_probe.py, which records which
+rank writes which file and each rank's final model).
+"""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import QUICK, REPO, run_script, script_environment, start_script
+from engine.distributed import convert_sync_batchnorm
+from engine.loader import DeviceLoader, epoch_generators
+from engine.rundir import RUN_FILES
+from engine.sources import ImageData
+from models import build_model
+from models.transfer import EvalModeBatchNorm2d
+
+# 1,000 training images (15 steps of 64), a validation split of an odd size (so an even
+# split between two ranks, or padding, would be caught), and synthetic's 1,000 test images.
+SMALL = [*QUICK, "--subset", "1000", "--val-size", "255"]
+VAL_IMAGES, TEST_IMAGES = 255, 1000
+
+
+def torchrun(*args, processes=2, env=None, **popen_options):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, env=script_environment(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options)
+
+
+def finish(process, timeout=300):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def probed_run(probe_dir, *flags):
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    process = torchrun("tests/ddp_probe.py", "train_scratch.py", *flags,
+                       env={"PROBE_DIR": str(probe_dir)})
+    code, stdout, stderr = finish(process)
+    assert code == 0, f"torchrun exited {code}:\n{stdout}\n{stderr}"
+    return stdout
+
+
+def indexed_images(count):
+    """Images whose pixels are their index, so a batch says which images it holds."""
+    images = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 3, 2, 2)
+    return ImageData(images.contiguous(), torch.arange(count) % 10, [str(c) for c in range(10)])
+
+
+def epoch_batches(data, rank, world_size, batch_size=32, augment=None):
+    loader = DeviceLoader(data, batch_size, "cpu", lambda images: images, shuffle=True,
+                          drop_last=True, seed=3, rank=rank, world_size=world_size, augment=augment)
+    loader.set_epoch(2)
+    return [images[:, 0, 0, 0].tolist() for images, _ in loader]
+
+
+def test_each_rank_takes_a_disjoint_slice_of_every_global_batch():
+    data = indexed_images(200)
+    single = epoch_batches(data, rank=0, world_size=1)
+    shards = [epoch_batches(data, rank, world_size=2) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(single) == 200 // 32  # global steps
+    for whole, first, second in zip(single, *shards):
+        assert len(first) == len(second) == 16
+        assert not set(first) & set(second)
+        assert sorted(first + second) == sorted(whole)  # the same global batch, split
+
+
+def test_each_rank_draws_its_own_augmentation_from_the_seed():
+    order_0, augment_0 = epoch_generators(seed=3, epoch=2, rank=0, device="cpu")
+    order_1, augment_1 = epoch_generators(seed=3, epoch=2, rank=1, device="cpu")
+    assert torch.equal(torch.randperm(50, generator=order_0), torch.randperm(50, generator=order_1))
+    assert not torch.equal(torch.rand(8, generator=augment_0), torch.rand(8, generator=augment_1))
+    again = epoch_generators(seed=3, epoch=2, rank=1, device="cpu")[1]
+    assert torch.equal(torch.rand(8, generator=again),
+                       torch.rand(8, generator=epoch_generators(3, 2, 1, "cpu")[1]))
+
+
+def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(tmp_path):
+    out, probe = tmp_path / "ddp", tmp_path / "probe"
+    stdout = probed_run(probe, *SMALL, "--epochs", "4", "--out", out)
+
+    # Rank 0 alone wrote, and wrote every run file; rank 1 wrote nothing.
+    assert not (probe / "writes.rank1").exists()
+    written = {line for line in (probe / "writes.rank0").read_text().splitlines()}
+    assert {str(out / name) for name in RUN_FILES} <= written
+    assert sorted(path.name for path in out.iterdir()) == sorted(RUN_FILES)
+    assert [line.split()[1] for line in stdout.splitlines() if line.startswith("epoch")] == \
+        ["1/4", "2/4", "3/4", "4/4"]  # one progress line per epoch, from rank 0 only
+
+    # Identical parameters and BatchNorm statistics on both ranks, and in the checkpoint,
+    # whose keys have no DistributedDataParallel "module." prefix.
+    states = [torch.load(probe / f"state.rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert not [key for key in saved["model"] if key.startswith("module.")]
+    assert states[0].keys() == states[1].keys() == saved["model"].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+        assert torch.equal(states[0][key], saved["model"][key]), key
+    assert len(saved["rng_by_rank"]) == 2
+
+    # Evaluation counted each image of each split exactly once over the two ranks.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["val_images"], metrics["test_images"]) == (VAL_IMAGES, TEST_IMAGES)
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["sizes"]["val"] == VAL_IMAGES
+
+    # One process with the same global batch learns as well (synthetic data: ~95%+ in 4
+    # epochs); the ranks' different augmentation and BatchNorm batches change the numbers
+    # a little, not the outcome.
+    run_script("train_scratch.py", *SMALL, "--epochs", "4", "--out", tmp_path / "single")
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert single["test_images"] == TEST_IMAGES
+    assert metrics["test_accuracy"] >= 0.85 and single["test_accuracy"] >= 0.85
+    assert abs(metrics["test_accuracy"] - single["test_accuracy"]) <= 0.1
+
+
+def test_sync_bn_converts_trainable_batchnorm_and_keeps_frozen_layers_in_eval_mode():
+    spec = {"name": "torchvision_resnet18", "num_classes": 10, "weights": "none", "head": "mlp",
+            "freeze_children": 7, "cifar_stem": False}
+    model = build_model(spec, load_pretrained=False)
+    parameters = {name: id(parameter) for name, parameter in model.named_parameters()}
+    frozen = sum(isinstance(module, EvalModeBatchNorm2d) for module in model.modules())
+    plain = sum(type(module) is torch.nn.BatchNorm2d for module in model.modules())
+    assert frozen and plain  # frozen-mlp: layer4 trains, the stages before it are frozen
+
+    convert_sync_batchnorm(model)
+    assert sum(isinstance(module, EvalModeBatchNorm2d) for module in model.modules()) == frozen
+    assert sum(type(module) is torch.nn.SyncBatchNorm for module in model.modules()) == plain
+    assert not any(type(module) is torch.nn.BatchNorm2d for module in model.modules())
+    # The same Parameter objects: an optimizer built before the conversion still holds them.
+    assert {name: id(parameter) for name, parameter in model.named_parameters()} == parameters
+
+
+def wait_for_epochs(path, epochs, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.is_file() and len(path.read_text().splitlines()) > epochs:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {epochs} epochs: {finish(process)}")
+
+
+def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one_process(tmp_path):
+    flags = [*SMALL, "--batch-size", "32", "--epochs", "3"]
+    straight = torchrun("train_scratch.py", *flags, "--out", tmp_path / "straight")
+
+    stopped = tmp_path / "stopped"
+    process = torchrun("train_scratch.py", *flags, "--out", stopped)
+    wait_for_epochs(stopped / "history.csv", 1, process)
+    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    code, _, stderr = finish(process)
+    assert code != 0
+    assert "continue with: torchrun --nproc_per_node=2" in stderr
+    assert stderr.count("interrupted by SIGTERM") == 1  # rank 0 alone reports
+    saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] < 3
+    shutil.copytree(stopped, tmp_path / "single")
+
+    # Under DDP: the resumed run ends where the uninterrupted one does, bit for bit.
+    code, stdout, stderr = finish(torchrun("train_scratch.py", *flags, "--out", stopped, "--resume"))
+    assert code == 0, stderr
+    assert "resuming" in stdout
+    assert finish(straight)[0] == 0
+    resumed = torch.load(stopped / "checkpoint.pt", weights_only=True)["model"]
+    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+
+    # In one process: the same checkpoint loads into the plain model and finishes the run.
+    single = start_script("train_scratch.py", *flags, "--out", tmp_path / "single", "--resume",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, stdout, stderr = finish(single)
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["test_images"] == TEST_IMAGES
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "63"], "error: --batch-size 63 does not split evenly over 2 processes: "
+                             "use a multiple of 2"),
+    (["--dataset", "folder", "--data-dir", "no-such-folder"], "error: "),
+])
+def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp_path, flags,
+                                                                             message):
+    out = tmp_path / "run"
+    code, stdout, stderr = finish(torchrun("train_scratch.py", *SMALL, *flags, "--out", out))
+    assert code != 0
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(message), stderr
+    assert not out.exists()
