@@ -111,25 +111,34 @@ def on_main(function):
     return value
 
 
-def main_first(function):
-    """function() on rank 0, then on the others (a download that the others then read).
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
 
-    If rank 0 fails with a UserError, every rank stops with it instead of trying again.
+
+def main_first(function):
+    """function() on every rank, rank 0 first, then one process per machine, then the rest:
+    a download happens once (on rank 0's machine, or once per machine when they do not
+    share a filesystem) and the others read what was fetched.
+
+    If any rank fails with a UserError, every rank stops with that message.
     """
     if not is_distributed():
         return function()
-    if is_main_process():
-        try:
-            result = function()
-        except UserError as error:
-            broadcast_from_main(str(error))
-            raise
-        broadcast_from_main(None)
-        return result
-    problem = broadcast_from_main(None)
-    if problem is not None:
-        raise UserError(problem)
-    return function()
+    turns = (rank() == 0, rank() != 0 and local_rank() == 0, local_rank() != 0)
+    result = None
+    for my_turn in turns:
+        problem = None
+        if my_turn:
+            try:
+                result = function()
+            except UserError as error:
+                problem = str(error)
+        problems = [None] * world_size()
+        dist.all_gather_object(problems, problem, group=_cpu_group())
+        first = next((text for text in problems if text is not None), None)
+        if first is not None:
+            raise UserError(first)
+    return result
 
 
 def any_rank(flag):
