@@ -1,31 +1,79 @@
-"""Study summaries: summary.csv (raw numbers) and summary.md (a readable table)."""
+"""Study summaries: summary.csv (raw numbers) and summary.md (a readable table).
+
+Rows are one per configuration. Over several seeds (engine.seeds.summarise_seeds) a figure
+is the mean and a row also carries <key>_std and "seeds"; a comparison column <key> carries
+its raw <key>_difference and <key>_p. summary.csv gets each of these beside its column;
+summary.md shows "mean ± std" once any configuration has several seeds.
+"""
 import csv
 import io
 import math
+import re
 
 from engine import atomic
+
+# Raw numbers that travel with a column into summary.csv (see engine.seeds).
+COMPANIONS = ("_std", "_difference", "_p")
+UNIT = re.compile(r"[^\d.]*$")  # what follows a formatted number: "%", " pp", ""
 
 
 def write_summary(directory, rows, columns, title, notes=()):
     """rows: dicts; columns: (key, header, format) triples, format like "{:.2%}" or None."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[key for key, _, _ in columns],
+    writer = csv.DictWriter(buffer, fieldnames=csv_fields(rows, columns),
                             extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(directory / "summary.csv", buffer.getvalue())
 
+    spread = any((row.get("seeds") or 1) > 1 for row in rows)
     lines = [f"# {title}", "", "| " + " | ".join(header for _, header, _ in columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [format_cell(row.get(key), style) for key, _, style in columns]
+        cells = [summary_cell(row, key, style, spread) for key, _, style in columns]
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     atomic.write_text(directory / "summary.md", "\n".join(lines) + "\n")
 
 
+def csv_fields(rows, columns):
+    """Each column's key, followed by those of its companions that the rows carry."""
+    fields = []
+    for key, _, _ in columns:
+        fields.append(key)
+        fields += [key + suffix for suffix in COMPANIONS
+                   if any(key + suffix in row for row in rows)]
+    return fields
+
+
+def summary_cell(row, key, style, spread):
+    """The markdown cell: "mean ± std" where the row has a spread and the table shows it."""
+    if spread and f"{key}_std" in row:
+        return format_mean_std(row.get(key), row[f"{key}_std"], style)
+    return format_cell(row.get(key), style)
+
+
+def is_missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def format_cell(value, style):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return "—"
     return style.format(value) if style else str(value)
+
+
+def format_mean_std(mean, std, style):
+    """'93.12 ± 0.21%' (the unit once, after the std: "%", " pp"); '93.12% ± —' where the
+    std is undefined (one seed)."""
+    if is_missing(mean):
+        return "—"
+    mean_text = format_cell(mean, style)
+    if is_missing(std):
+        return f"{mean_text} ± —"
+    std_text = format_cell(abs(std), style).lstrip("+")  # a spread has no sign
+    unit = UNIT.search(std_text).group()
+    if unit and mean_text.endswith(unit):
+        mean_text = mean_text[:-len(unit)]
+    return f"{mean_text} ± {std_text}"
