@@ -10,6 +10,7 @@ crop) are applied to training and test images alike.
 
     python augment_study.py                                   # every arm
     python augment_study.py --arms none standard cutout mixup --epochs 20
+    python augment_study.py --arms none standard flip --seeds 0 1 2   # mean ± std, tested
 Rerunning the command after an interruption continues it (finished arms are reused).
 """
 from pathlib import Path
@@ -18,10 +19,14 @@ import torch
 
 from engine import augment
 from engine.cli import Parser, add_common_args, positive_int
+from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment, load_splits
+from engine.experiment import Experiment
 from engine.plots import plot_bars, plot_runs, save_image_grid
-from engine.study import run_flags, run_study
+from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.seeds import with_seeds
+from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
+from engine.study import seeded_experiments
 from engine.summary import write_summary
 from models import build_model
 
@@ -57,13 +62,15 @@ def make_experiment(name, args, splits, study_dir):
                                                      splits.train.images.shape[-1])
     per_image = getattr(train_transform or eval_transform, "per_image", False)
     return Experiment(
-        name=name, flags=run_flags(args, STUDY_FLAGS, arm=name), out=study_dir / name,
+        name=name, flags=run_flags(args, STUDY_FLAGS, arm=name),
+        out=run_path(study_dir, name, args),
         make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
         train_augment=train_transform, eval_augment=eval_transform,
         extra_config={"study": "augment", "arm": name, "per_image": per_image})
 
 
-def summary_rows(results):
+def run_rows(results):
+    """One row per run (configuration and seed)."""
     rows = []
     for result in results:
         metrics = result.metrics
@@ -81,10 +88,27 @@ def summary_rows(results):
     return rows
 
 
-COLUMNS = [("arm", "arm", None), ("in_report", "in report", None),
+MEASURED = ("train_accuracy", "test_accuracy", "train_error", "test_error", "val_accuracy",
+            "seconds_per_epoch")
+REFERENCES = {"none": "vs_none", "standard": "vs_standard"}  # arms every other is set against
+
+
+def summary_rows(results):
+    """One row per arm: the mean ± std over its seeds, and its test accuracy against the
+    arms of REFERENCES (beyond noise or not)."""
+    runs = run_rows(results)
+    rows = summarise_seeds(runs, "arm", MEASURED)
+    for reference, column in REFERENCES.items():
+        add_comparison(rows, runs, "arm", reference, column)
+    return rows
+
+
+COLUMNS = [("arm", "arm", None), ("in_report", "in report", None), ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.2%}"), ("test_accuracy", "test acc", "{:.2%}"),
            ("train_error", "train error", "{:.2%}"), ("test_error", "test error", "{:.2%}"),
-           ("val_accuracy", "val acc", "{:.2%}"), ("seconds_per_epoch", "s/epoch", "{:.1f}"),
+           ("val_accuracy", "val acc", "{:.2%}"),
+           ("vs_none", "test acc vs none", None), ("vs_standard", "test acc vs standard", None),
+           ("seconds_per_epoch", "s/epoch", "{:.1f}"),
            ("execution", "execution", None), ("transform", "transform", None)]
 
 
@@ -110,10 +134,12 @@ def write_gallery(names, splits, path, seed):
 
 def write_outputs(results, args, splits, study_dir):
     rows = summary_rows(results)
-    histories = {result.name: result.history for result in results}
+    histories = histories_by_name(results)
     plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
               study_dir / "test_accuracy.png", highlight=("none", "standard"),
-              title=f"test accuracy per augmentation ({len(splits.train)} training images)")
+              errors={row["arm"]: spread_points(row["test_accuracy_std"]) for row in rows},
+              title=with_seeds(f"test accuracy per augmentation ({len(splits.train)} "
+                               f"training images)", args))
     plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
               title="per-arm curves")
     write_gallery([result.name for result in results], splits, study_dir / "gallery.png", args.seed)
@@ -122,20 +148,28 @@ def write_outputs(results, args, splits, study_dir):
         f"test set: {len(splits.test)} images. Error = 1 − accuracy.",
         "The report's own table is an image in the original report, with no numbers in its text "
         "to set beside ours.",
+        seeds_note(seeds_to_run(args)),
+        comparison_note("test acc vs none, vs standard"),
         "execution: batched = parameters drawn per image, whole batch augmented on the device "
         "at once; per image = torchvision.transforms.v2 in a loop (AutoAugment family).",
-        "Plots: test_accuracy.png (bar per arm), curves.png (per-arm curves on shared axes), "
+        "Plots: test_accuracy.png (bar per arm; error bar: std over seeds), curves.png (per-arm curves on shared axes), "
         "gallery.png (each arm on the same eight images)."])
+
+
+def spread_points(std):
+    return None if std is None else 100 * std
 
 
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "augment")
-    splits = load_splits(args)
-    experiments = [make_experiment(name, args, splits, study_dir) for name in args.arms]
+    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits: [
+        make_experiment(name, seed_args, splits, study_dir) for name in args.arms])
     results = run_study(experiments, args)
-    write_outputs(results, args, splits, study_dir)
-    print(f"summary: {study_dir / 'summary.md'}")
+    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
+        # The gallery shows the first seed's training images (each seed draws its own subset).
+        write_outputs(results, args, experiments[0].splits, study_dir)
+        print(f"summary: {study_dir / 'summary.md'}")
     return results
 
 

@@ -10,22 +10,29 @@ Rate 0 is the same network for every placement, so it is trained once and shared
 
     python dropout_sweep.py                                  # classifier dropout, 6 rates, 80 epochs
     python dropout_sweep.py --dropout-at classifier block stage+classifier --epochs 30
+    python dropout_sweep.py --rates 0 0.2 0.4 --seeds 0 1 2   # mean ± std, each rate vs 0 tested
 Rerunning the command after an interruption continues it (finished rates are reused).
 """
 from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment, load_splits
+from engine.experiment import Experiment
 from engine.plots import plot_lines, plot_runs
-from engine.study import run_flags, run_study
+from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.seeds import with_seeds
+from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
+from engine.study import seeded_experiments
 from engine.summary import write_summary
 from models import build_model
 from models.resnet import DROPOUT_PLACES
 from train_scratch import RECIPE
 
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+# The one rate-0 run: every placement's line starts there, every rate is compared with it.
+RATE_ZERO = "rate0.0"
 STUDY_FLAGS = ("rates", "dropout_at")  # the sweep's own flags, not a run's
 
 
@@ -55,7 +62,7 @@ def get_args_parser():
 
 def planned_runs(rates, placements):
     """(run name, placement, rate): rate 0 once, shared by every placement."""
-    runs = [("rate0.0", "none", 0.0)] if 0.0 in rates else []
+    runs = [(RATE_ZERO, "none", 0.0)] if 0.0 in rates else []
     for place in placements:
         runs += [(f"{place}_rate{rate:.1f}", place, rate) for rate in rates if rate > 0]
     return runs
@@ -68,12 +75,13 @@ def make_experiments(args, splits, study_dir):
                 "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
         experiments.append(Experiment(
             name=name, flags=run_flags(args, STUDY_FLAGS, dropout=rate, dropout_at=place),
-            out=study_dir / name, make_model=lambda spec=spec: build_model(spec), model_spec=spec,
-            splits=splits, train_augment=CropFlip(), extra_config={"study": "dropout"}))
+            out=run_path(study_dir, name, args), make_model=lambda spec=spec: build_model(spec),
+            model_spec=spec, splits=splits, train_augment=CropFlip(), extra_config={"study": "dropout"}))
     return experiments
 
 
-def summary_rows(results):
+def run_rows(results):
+    """One row per run (rate, placement and seed)."""
     rows = []
     for result in results:
         metrics, flags = result.metrics, result.experiment.flags
@@ -86,51 +94,75 @@ def summary_rows(results):
     return rows
 
 
+MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss", "gap",
+            "best_val_accuracy", "seconds_per_epoch")
+
+
+def summary_rows(results):
+    """One row per run name: the mean ± std over its seeds, and its test accuracy against
+    rate 0 (beyond noise or not)."""
+    runs = run_rows(results)
+    rows = summarise_seeds(runs, "run", MEASURED)
+    add_comparison(rows, runs, "run", RATE_ZERO, "vs_rate0")
+    return rows
+
+
 COLUMNS = [("run", "run", None), ("placement", "placement", None), ("rate", "rate", "{:.1f}"),
+           ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
-           ("test_accuracy", "test acc", "{:.2%}"), ("test_loss", "test loss", "{:.3f}"),
+           ("test_accuracy", "test acc", "{:.2%}"), ("vs_rate0", "test acc vs rate 0", None),
+           ("test_loss", "test loss", "{:.3f}"),
            ("gap", "train − test", "{:+.2%}"), ("best_val_accuracy", "best val acc", "{:.2%}"),
            ("epochs", "epochs", None), ("seconds_per_epoch", "s/epoch", "{:.1f}")]
 
 
 def lines_per_placement(rows, placements, key):
-    """{placement: (rates, values)}, each line starting from the shared rate-0 run."""
+    """{placement: (rates, values, stds)} in percent, each line starting from the shared
+    rate-0 run; stds are the spread over seeds (None with one seed)."""
     zero = [row for row in rows if row["rate"] == 0.0]
     lines = {}
     for place in placements:
         own = zero + [row for row in rows if row["placement"] == place]
-        lines[place] = ([row["rate"] for row in own], [100 * row[key] for row in own])
+        lines[place] = ([row["rate"] for row in own], [100 * row[key] for row in own],
+                        [None if row[f"{key}_std"] is None else 100 * row[f"{key}_std"]
+                         for row in own])
     return lines
 
 
 def write_outputs(results, args, study_dir):
     rows = summary_rows(results)
-    histories = {result.name: result.history for result in results}
-    zero = {name: history for name, history in histories.items() if name == "rate0.0"}
+    histories = histories_by_name(results)  # every seed's history, per run name
+    placements = {result.name: result.experiment.flags["dropout_at"] for result in results}
+    zero = {name: runs for name, runs in histories.items() if name == RATE_ZERO}
     for place in args.dropout_at:
-        own = {**zero, **{r.name: r.history for r in results
-                          if r.experiment.flags["dropout_at"] == place}}
+        own = {**zero, **{name: runs for name, runs in histories.items()
+                          if placements[name] == place}}
         plot_runs(own, ["test_accuracy", "test_loss"], study_dir / f"curves_{place}.png",
                   title=f"test accuracy and loss per epoch, dropout at {place}")
     plot_lines([("final test accuracy (%)", lines_per_placement(rows, args.dropout_at, "test_accuracy")),
                 ("train − test accuracy (points)", lines_per_placement(rows, args.dropout_at, "gap"))],
                "dropout rate", study_dir / "rate_summary.png",
-               title=f"dropout sweep: final epoch ({args.epochs} epochs)")
+               title=with_seeds(f"dropout sweep: final epoch ({args.epochs} epochs)", args))
     write_summary(study_dir, rows, COLUMNS, "Dropout sweep", notes=[
         "The report shows this sweep only as plots (80 epochs, placement unstated); it gives no "
         "numbers to compare with.",
         "Accuracies are the final epoch's; the test set is never used to choose anything.",
+        seeds_note(seeds_to_run(args)),
+        comparison_note("test acc vs rate 0 (the one rate-0 run, shared by every placement)"),
         "Plots: curves_<placement>.png (test accuracy and loss per epoch, one curve per rate), "
-        "rate_summary.png (final test accuracy and generalisation gap against the rate)."])
+        "rate_summary.png (final test accuracy and generalisation gap against the rate; error "
+        "bars: std over seeds)."])
 
 
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "dropout")
-    splits = load_splits(args)
-    results = run_study(make_experiments(args, splits, study_dir), args)
-    write_outputs(results, args, study_dir)
-    print(f"summary: {study_dir / 'summary.md'}")
+    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits:
+                                     make_experiments(seed_args, splits, study_dir))
+    results = run_study(experiments, args)
+    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
+        write_outputs(results, args, study_dir)
+        print(f"summary: {study_dir / 'summary.md'}")
     return results
 
 

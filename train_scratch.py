@@ -9,13 +9,18 @@ choices from "Bag of Tricks for Image Classification" (He et al. 2019). Expected
 
     python train_scratch.py                       # CIFAR-10, downloaded to data/
     python train_scratch.py --dataset synthetic --epochs 2 --width 16   # offline smoke run
+    python train_scratch.py --seeds 0 1 2   # results/scratch/cifar10/seed<S>/ + mean ± std
 """
 from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits, run_training
+from engine.seeds import seed_folder, seeds_note, seeds_to_run, summarise_seeds
+from engine.study import args_per_seed, run_flags, run_study, seeded_experiments
+from engine.summary import write_summary
 from models import build_model
 from models.resnet import DROPOUT_PLACES
 
@@ -45,15 +50,53 @@ def model_spec(args, num_classes):
             "dropout": args.dropout, "dropout_at": list(args.dropout_at)}
 
 
+def make_experiment(args, splits, out, flags):
+    spec = model_spec(args, len(splits.classes))
+    return Experiment(name="scratch", flags=flags, out=out,
+                      make_model=lambda: build_model(spec), model_spec=spec,
+                      splits=splits, train_augment=CropFlip())
+
+
+MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
+            "train_seconds")
+COLUMNS = [("run", "run", None), ("seeds", "seeds", None),
+           ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
+           ("test_accuracy", "test acc", "{:.2%}"), ("best_val_accuracy", "best val acc", "{:.2%}"),
+           ("epochs", "epochs", None), ("train_seconds", "train seconds", "{:.0f}")]
+
+
+def write_seed_summary(results, args, out):
+    """summary.csv / summary.md of the seeds in --out: one line, mean ± std over seeds."""
+    runs = [{"run": "scratch", **result.metrics} for result in results]
+    write_summary(out, summarise_seeds(runs, "run", MEASURED), COLUMNS,
+                  "ResNet-18 from scratch over seeds (part (a))", notes=[
+                      f"Runs: {', '.join(result.experiment.out.name for result in results)} "
+                      f"(each a run directory in this folder); the final epoch of {args.epochs}.",
+                      seeds_note(seeds_to_run(args))])
+
+
+def main_over_seeds(args):
+    """--seeds: --out is a folder of seed<S>/ runs, run (or continued) as a study."""
+    out = Path(args.out or Path("results") / "scratch" / args.dataset)
+    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits: [
+        make_experiment(seed_args, splits, out / seed_folder(seed_args.seed),
+                        run_flags(seed_args, ()))])
+    results = run_study(experiments, args)
+    if is_main_process():  # under torchrun, rank 0 alone writes the summary
+        write_seed_summary(results, args, out)
+        print(f"summary: {out / 'summary.md'}")
+    return results
+
+
 @exits_cleanly_on_user_error
 def main(args):
+    if args.seeds is not None:
+        return main_over_seeds(args)
     splits = load_splits(args)
-    spec = model_spec(args, len(splits.classes))
     out = Path(args.out or Path("results") / "scratch" / f"{args.dataset}_seed{args.seed}")
-    experiment = Experiment(name="scratch", flags=vars(args), out=out,
-                            make_model=lambda: build_model(spec), model_spec=spec,
-                            splits=splits, train_augment=CropFlip())
-    return run_training(experiment, args)
+    # "seeds" (None here) is not stored: a run's flags are those that shape it.
+    flags = {key: value for key, value in vars(args).items() if key != "seeds"}
+    return run_training(make_experiment(args, splits, out, flags), args)
 
 
 if __name__ == "__main__":

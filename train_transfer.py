@@ -12,17 +12,21 @@ Why the numbers sit far below the from-scratch CIFAR ResNet (part (a)): ImageNet
 
     python train_transfer.py                          # all five, 30 epochs, 32x32 (as the report)
     python train_transfer.py --configs scratch pretrained --image-size 224 --epochs 10
+    python train_transfer.py --seeds 0 1 2            # mean ± std; each vs scratch, tested
 """
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
+from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment, load_splits
+from engine.experiment import Experiment
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
-from engine.study import run_flags, run_study
+from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
+from engine.study import seeded_experiments
 from engine.summary import write_summary
 from models import build_model
 from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, load_imagenet_state_dict
@@ -95,7 +99,8 @@ def make_experiment(name, args, splits, study_dir):
             "head": configuration.head, "freeze_children": configuration.freeze_children,
             "cifar_stem": configuration.cifar_stem}
     return Experiment(
-        name=name, flags=run_flags(args, STUDY_FLAGS, config=name), out=study_dir / name,
+        name=name, flags=run_flags(args, STUDY_FLAGS, config=name),
+        out=run_path(study_dir, name, args),
         make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
         train_augment=CropFlip(),
         param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
@@ -104,7 +109,8 @@ def make_experiment(name, args, splits, study_dir):
         image_size=args.image_size, extra_config={"study": "transfer", "configuration": name})
 
 
-def summary_rows(results):
+def run_rows(results):
+    """One row per run (configuration and seed)."""
     rows = []
     for result in results:
         metrics, configuration = result.metrics, CONFIGURATIONS[result.name]
@@ -121,9 +127,24 @@ def summary_rows(results):
     return rows
 
 
-COLUMNS = [("config", "configuration", None),
+MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_minus_report",
+            "seconds_per_epoch")
+BASELINE = "scratch"  # random init: what ImageNet weights are worth is measured against it
+
+
+def summary_rows(results):
+    """One row per configuration: the mean ± std over its seeds, and its test accuracy
+    against scratch (beyond noise or not)."""
+    runs = run_rows(results)
+    rows = summarise_seeds(runs, "config", MEASURED)
+    add_comparison(rows, runs, "config", BASELINE, "vs_scratch")
+    return rows
+
+
+COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.1%}"), ("val_accuracy", "val acc", "{:.1%}"),
-           ("test_accuracy", "test acc", "{:.1%}"), ("report_train", "report train", "{:.1%}"),
+           ("test_accuracy", "test acc", "{:.1%}"), ("vs_scratch", "test acc vs scratch", None),
+           ("report_train", "report train", "{:.1%}"),
            ("report_val", "report val", "{:.1%}"), ("report_test", "report test", "{:.1%}"),
            ("test_minus_report", "test − report", "{:+.1%}"),
            ("trainable_parameters", "trainable params", "{:,}"),
@@ -132,7 +153,7 @@ COLUMNS = [("config", "configuration", None),
 
 
 def write_outputs(results, args, study_dir):
-    histories = {result.name: result.history for result in results}
+    histories = histories_by_name(results)  # every seed's history, per configuration
     for file_name, title, names in COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
@@ -143,18 +164,22 @@ def write_outputs(results, args, study_dir):
         "Frozen = requires_grad off and BatchNorm kept in eval mode (ImageNet statistics fixed); "
         "the report only turned requires_grad off, so its frozen BatchNorm statistics drifted.",
         "At 32x32 ImageNet's stem leaves layer4 a 1x1 map; pretrained-cifar-stem (3x3 stride-1 "
-        "conv1, no max-pool) keeps 4x4."])
+        "conv1, no max-pool) keeps 4x4.",
+        seeds_note(seeds_to_run(args)),
+        comparison_note("test acc vs scratch")])
 
 
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "transfer")
+    seed_args = args_per_seed(args)  # a bad --seeds is refused before weights are fetched
     check_weights_available(args)
-    splits = load_splits(args)
-    experiments = [make_experiment(name, args, splits, study_dir) for name in args.configs]
+    experiments = seeded_experiments(seed_args, lambda run_args, splits: [
+        make_experiment(name, run_args, splits, study_dir) for name in args.configs])
     results = run_study(experiments, args)
-    write_outputs(results, args, study_dir)
-    print(f"summary: {study_dir / 'summary.md'}")
+    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
+        write_outputs(results, args, study_dir)
+        print(f"summary: {study_dir / 'summary.md'}")
     return results
 
 

@@ -1,5 +1,6 @@
 """Plots of training curves: one run's curves, and several runs on shared axes."""
 import matplotlib
+import numpy as np
 import torch
 
 matplotlib.use("Agg")  # files only: runs happen on machines without a display
@@ -38,18 +39,44 @@ def plot_curves(history, path, title=None):
     _save(figure, path)
 
 
+def seed_histories(value):
+    """A run name's histories: one per seed. A single history (a list of epoch rows) is one."""
+    return [value] if value and isinstance(value[0], dict) else list(value)
+
+
+def _mean_and_band(histories, key, scale):
+    """(epochs, mean, low, high) of a column over seeds, over the epochs all seeds have."""
+    epochs = min(len(history) for history in histories)
+    values = np.array([[scale * row[key] for row in history[:epochs]] for history in histories])
+    return ([row["epoch"] for row in histories[0][:epochs]], values.mean(axis=0),
+            values.min(axis=0), values.max(axis=0))
+
+
+def _plot_over_seeds(axes, value, key, scale, style="-", **line):
+    """One run's curve: as it is for one seed; for several, their mean with a shaded
+    min-max band (the label says how many seeds)."""
+    histories = seed_histories(value)
+    epochs, mean, low, high = _mean_and_band(histories, key, scale)
+    if len(histories) > 1:
+        line["label"] = f"{line['label']} ({len(histories)} seeds: mean, min-max)"
+        axes.fill_between(epochs, low, high, color=line.get("color"), alpha=0.15, linewidth=0)
+    axes.plot(epochs, mean, style, **line)
+
+
 def plot_comparison(histories, path, splits=("train", "val"), title=None):
-    """Several runs on shared axes: accuracy and loss per epoch, one colour per run."""
+    """Several runs on shared axes: accuracy and loss per epoch, one colour per run.
+
+    histories: {run name: history, or [history per seed]}; several seeds draw as their mean
+    curve with a min-max band."""
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for index, (name, history) in enumerate(histories.items()):
+    for index, (name, value) in enumerate(histories.items()):
         colour = f"C{index % 10}"
-        epochs = [row["epoch"] for row in history]
         for split in splits:
             style = SPLIT_STYLES[split]
-            accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], style,
-                               color=colour, label=f"{name} ({split})")
-            loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], style, color=colour,
-                           label=f"{name} ({split})")
+            _plot_over_seeds(accuracy_axes, value, f"{split}_accuracy", 100, style, color=colour,
+                             label=f"{name} ({split})")
+            _plot_over_seeds(loss_axes, value, f"{split}_loss", 1, style, color=colour,
+                             label=f"{name} ({split})")
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     for axes in (accuracy_axes, loss_axes):
@@ -67,13 +94,15 @@ def _label(key):
 
 
 def plot_runs(histories, keys, path, title=None):
-    """One panel per history column (e.g. test_accuracy, test_loss), one line per run."""
+    """One panel per history column (e.g. test_accuracy, test_loss), one line per run.
+
+    histories: {run name: history, or [history per seed]}; several seeds draw as their mean
+    curve with a min-max band."""
     figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
     for axes, key in zip(axes_row[0], keys):
         scale = 100 if key.endswith("accuracy") else 1
-        for index, (name, history) in enumerate(histories.items()):
-            axes.plot([row["epoch"] for row in history], [scale * row[key] for row in history],
-                      color=f"C{index % 10}", label=name)
+        for index, (name, value) in enumerate(histories.items()):
+            _plot_over_seeds(axes, value, key, scale, color=f"C{index % 10}", label=name)
         axes.set(xlabel="epoch", ylabel=_label(key), title=_label(key))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
@@ -83,11 +112,14 @@ def plot_runs(histories, keys, path, title=None):
 
 
 def plot_lines(panels, x_label, path, title=None):
-    """panels: [(y_label, {line name: (xs, ys)})]; one panel each, markers on every point."""
+    """panels: [(y_label, {line name: (xs, ys) or (xs, ys, errors)})]; one panel each,
+    markers on every point, error bars where errors are given (None: no bar at that point)."""
     figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for axes, (y_label, lines) in zip(axes_row[0], panels):
-        for index, (name, (xs, ys)) in enumerate(lines.items()):
-            axes.plot(xs, ys, "o-", color=f"C{index % 10}", label=name)
+        for index, (name, (xs, ys, *errors)) in enumerate(lines.items()):
+            bars = _error_bars(errors[0]) if errors else None
+            axes.errorbar(xs, ys, yerr=bars, fmt="o-", capsize=3, color=f"C{index % 10}",
+                          label=name)
         axes.set(xlabel=x_label, ylabel=y_label)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
@@ -96,12 +128,22 @@ def plot_lines(panels, x_label, path, title=None):
     _save(figure, path)
 
 
-def plot_bars(values, y_label, path, title=None, highlight=()):
-    """One bar per name (e.g. test accuracy per augmentation arm), value printed on top."""
+def _error_bars(errors):
+    """Error bar half-lengths, with None (an undefined spread, one seed) as no bar."""
+    if errors is None or all(error is None for error in errors):
+        return None
+    return [0.0 if error is None else error for error in errors]
+
+
+def plot_bars(values, y_label, path, title=None, highlight=(), errors=None):
+    """One bar per name (e.g. test accuracy per augmentation arm), value printed on top;
+    errors: {name: half-length} (e.g. the std over seeds) draws error bars."""
     names = list(values)
     figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
     colours = ["C1" if name in highlight else "C0" for name in names]
-    bars = axes.bar(range(len(names)), [values[name] for name in names], color=colours)
+    bars = axes.bar(range(len(names)), [values[name] for name in names], color=colours,
+                    yerr=_error_bars([errors.get(name) for name in names]) if errors else None,
+                    capsize=3)
     axes.bar_label(bars, fmt="%.1f", fontsize="small")
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set(ylabel=y_label)

@@ -4,14 +4,21 @@ Rerunning a study's command continues it: a finished run is read back, not retra
 interrupted one resumes from its checkpoint; a new one starts. Stored results are reused
 only if their flags, model and data match the run asked for (otherwise: a one-line refusal
 that suggests --overwrite, which retrains every run of the study).
+
+With --seeds S1 S2 ... every configuration runs once per seed, in <study>/<config>/seed<S>/,
+seed by seed (all configurations of S1, then of S2, ...: an interrupted study has whole
+seeds to show). Each is a normal run whose flags hold seed=S: its data split, model
+initialisation, shuffling and augmentation follow that seed, exactly as --seed S would.
 """
 import argparse
 import json
 from dataclasses import dataclass
 
 from engine.errors import UserError
-from engine.experiment import check_same_run, experiment_identity, run_training
+from engine.experiment import check_same_run, experiment_identity, load_splits, print_on_main
+from engine.experiment import run_training
 from engine.rundir import RunDirectory, read_history
+from engine.seeds import seed_folder, seeds_to_run
 
 
 @dataclass
@@ -22,14 +29,43 @@ class RunResult:
     history: list
     config: dict
 
+    @property
+    def seed(self):
+        return self.experiment.flags["seed"]
+
 
 def run_flags(args, study_flags, **own):
     """A run's flags: the study's flags minus those that choose runs (--arms, --rates, ...,
-    --out), plus the run's own values; what is stored in its config and compared on resume,
-    so adding an arm to a study does not invalidate the runs already finished."""
+    --seeds, --out), plus the run's own values; what is stored in its config and compared on
+    resume, so adding an arm or a seed to a study does not invalidate the runs already
+    finished."""
     flags = {key: value for key, value in vars(args).items()
-             if key not in (*study_flags, "out")}
+             if key not in (*study_flags, "seeds", "out")}
     return {**flags, **own}
+
+
+def args_per_seed(args):
+    """The study's flags once per seed of --seeds, each with seed=S (refusing a bad --seeds
+    before anything is loaded or written); without --seeds, [args] itself."""
+    seeds = seeds_to_run(args)
+    if seeds is None:
+        return [args]
+    return [argparse.Namespace(**{**vars(args), "seed": seed}) for seed in seeds]
+
+
+def seeded_experiments(seed_args, make_experiments, load=load_splits):
+    """make_experiments(args, splits) -> one seed's experiments; called for each args of
+    args_per_seed with the data split of its seed (the split and subset follow the seed)."""
+    experiments = []
+    for args in seed_args:
+        experiments += make_experiments(args, load(args))
+    return experiments
+
+
+def run_path(study_dir, name, args):
+    """<study>/<name>, or <study>/<name>/seed<S> in a study run with --seeds."""
+    path = study_dir / name
+    return path / seed_folder(args.seed) if getattr(args, "seeds", None) is not None else path
 
 
 def read_result(experiment):
@@ -50,23 +86,52 @@ def is_finished(run_dir, epochs):
         return False  # a damaged summary: let the checkpoint decide (resume re-writes it)
 
 
+def plan_run(experiment, args):
+    """What to do with one run: "reuse" (finished earlier), "resume" or "train"."""
+    run_dir = RunDirectory(experiment.out)
+    if args.overwrite:
+        return "train"
+    if is_finished(run_dir, args.epochs):
+        return "reuse"
+    return "resume" if run_dir.checkpoint.is_file() else "train"
+
+
+def run_header(number, experiments, experiment, args):
+    """'[3/8] flip seed 1' (the seed only in a study run with --seeds)."""
+    seed = (f" seed {experiment.flags['seed']}" if getattr(args, "seeds", None) is not None
+            else "")
+    return f"[{number}/{len(experiments)}] {experiment.name}{seed}"
+
+
 def run_study(experiments, args):
     """Run (or continue) every experiment in order; return their RunResults."""
-    names = [experiment.name for experiment in experiments]
-    if len(set(names)) != len(names):
+    keys = [(experiment.name, experiment.flags.get("seed")) for experiment in experiments]
+    if len(set(keys)) != len(keys):
+        names = [experiment.name for experiment in experiments]
         raise UserError(f"the study lists a configuration twice ({names}): list each once")
     results = []
     for number, experiment in enumerate(experiments, 1):
         run_dir = RunDirectory(experiment.out)
-        header = f"[{number}/{len(experiments)}] {experiment.name}"
-        if not args.overwrite and is_finished(run_dir, args.epochs):
+        header = run_header(number, experiments, experiment, args)
+        action = plan_run(experiment, args)
+        if action == "reuse":
             config = json.loads((run_dir.path / "config.json").read_text())
             check_same_run(config, experiment_identity(experiment), run_dir.path)
-            print(f"{header}: finished earlier, reusing {run_dir.path}", flush=True)
+            print_on_main(f"{header}: finished earlier, reusing {run_dir.path}")
         else:
-            resume = not args.overwrite and run_dir.checkpoint.is_file()
-            print(f"{header}: {'resuming' if resume else 'training'} -> {run_dir.path}", flush=True)
-            run_args = argparse.Namespace(**{**vars(args), "resume": resume})
+            resume = action == "resume"
+            print_on_main(f"{header}: {'resuming' if resume else 'training'} -> {run_dir.path}")
+            # The run's own seed (with --seeds, not the study's --seed) drives its training.
+            run_args = argparse.Namespace(**{**vars(args), "resume": resume,
+                                             "seed": experiment.flags["seed"]})
             run_training(experiment, run_args)
         results.append(read_result(experiment))
     return results
+
+
+def histories_by_name(results):
+    """{configuration: [its history per seed]}, in the order the runs came."""
+    histories = {}
+    for result in results:
+        histories.setdefault(result.name, []).append(result.history)
+    return histories
