@@ -4,8 +4,10 @@ Reads whatever exists under --results (scratch runs, the transfer, augmentation 
 studies, activation visualisations) and writes --results/REPORT.md: per part a table of ours,
 the original report's figure where it has one, and the difference; each run's settings; the
 plots, embedded by relative path. Every figure comes from a file named beside it (see
-engine/report.py). Unfinished runs are marked as such; a part with no runs gets the command
-that runs it. A --results folder that does not exist, or holds no runs, is an error (exit 2).
+engine/report.py). Runs repeated with --seeds (<configuration>/seed<S>/) make one row per
+configuration, mean ± std over its finished seeds, with whether differences exceed noise.
+Unfinished runs are marked as such; a part with no runs gets the command that runs it. A
+--results folder that does not exist, or holds no runs, is an error (exit 2).
 
     python report.py                     # results/REPORT.md
     python report.py --results /data/my_results

@@ -13,8 +13,15 @@ marked with the epochs it did out of those planned, and is never compared as fin
 
 Layout read (see README.md, "Results layout"):
   scratch/<run>/  transfer/<configuration>/  augment/<arm>/  dropout/<run>/   run directories
+  ... or, run with --seeds, <run or configuration>/seed<S>/: one run directory per seed
   transfer/, augment/, dropout/ also hold their study's plots and summary.md
   activations/<name>/  overview.png, gradcam.png, predictions.json, stats.csv, layers/
+
+Runs of one configuration over seeds are one table row: the mean ± standard deviation over
+its finished seeds, with the number of seeds; where a table sets configurations against each
+other (transfer vs scratch, augmentation vs none and standard, dropout vs rate 0) it says
+whether the difference exceeds run-to-run noise (engine.seeds: Welch's t-test with at least 3
+seeds on both sides; otherwise it is a single run's, or too few seeds', difference).
 """
 import csv
 import json
@@ -29,7 +36,8 @@ from engine import atomic
 from engine.errors import UserError
 from engine.experiment import format_seconds
 from engine.rundir import RunDirectory
-from engine.summary import format_cell
+from engine.seeds import compare, folder_seed, is_number, seed_folder, spread
+from engine.summary import format_cell, format_mean_std
 
 REPORT_NAME = "REPORT.md"
 REPORT_DATASET = "cifar10"  # the dataset of every figure in the original report
@@ -66,11 +74,17 @@ class OriginalReport:
 @dataclass
 class Run:
     """One run directory as found on disk: its config and metrics, or why they are missing."""
-    name: str
+    name: str                       # the run's folder; with --seeds, its configuration's
     path: Path
     config: Optional[dict]
     metrics: Optional[dict]
     problem: Optional[str] = None   # a file that exists but cannot be read
+    seed: Optional[int] = None      # the seed of a seed<S>/ run of a study run with --seeds
+
+    @property
+    def label(self):
+        """'flip' or, one seed of several, 'flip/seed1'."""
+        return self.name if self.seed is None else f"{self.name}/{seed_folder(self.seed)}"
 
     @property
     def epochs_done(self):
@@ -121,18 +135,129 @@ def read_json(path, required_key):
     return data, None
 
 
-def read_run(path):
+def read_run(path, name=None, seed=None):
     config, config_problem = read_json(path / "config.json", "flags")
     metrics, metrics_problem = read_json(path / "metrics.json", "epochs")
-    return Run(path.name, path, config, metrics, problem=metrics_problem or config_problem)
+    return Run(name or path.name, path, config, metrics, problem=metrics_problem or config_problem,
+               seed=seed)
+
+
+def seed_runs(folder):
+    """The seed<S>/ run directories in a configuration's folder, by seed."""
+    found = [(folder_seed(child.name), child) for child in folder.iterdir() if child.is_dir()]
+    return sorted((seed, child) for seed, child in found
+                  if seed is not None and RunDirectory(child).holds_run())
+
+
+def holds_runs(folder):
+    """A run directory, or a configuration's folder of seed<S>/ run directories."""
+    return RunDirectory(folder).holds_run() or bool(seed_runs(folder))
 
 
 def find_runs(part_dir):
-    """The run directories directly inside a part's folder, by name."""
+    """The runs inside a part's folder, by name: each child that is a run directory, and
+    each seed<S>/ run directory of a child run with --seeds (by seed)."""
     if not part_dir.is_dir():
         return []
-    return [read_run(child) for child in sorted(part_dir.iterdir()) if child.is_dir()
-            and not child.name.startswith(".") and RunDirectory(child).holds_run()]
+    runs = []
+    for child in sorted(part_dir.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if RunDirectory(child).holds_run():
+            runs.append(read_run(child))
+        else:
+            runs += [read_run(path, child.name, seed) for seed, path in seed_runs(child)]
+    return runs
+
+
+def metric_of(key):
+    """A figure of a run: its metrics.json value for key."""
+    return lambda run: run.metric(key)
+
+
+@dataclass
+class Configuration:
+    """The runs of one configuration: a single run, or one run per seed (seeded).
+
+    It reads like a Run: figures are the mean over its finished seeds (a single run's own,
+    finished or not: its status says which), settings those of its first finished run."""
+    name: str
+    runs: list
+
+    @property
+    def seeded(self):
+        return self.runs[0].seed is not None
+
+    @property
+    def path(self):
+        return self.runs[0].path.parent if self.seeded else self.runs[0].path
+
+    @property
+    def finished_runs(self):
+        return [run for run in self.runs if run.finished]
+
+    @property
+    def counted_runs(self):
+        """The runs whose figures the row gives."""
+        return self.finished_runs if self.seeded else self.runs
+
+    @property
+    def representative(self):
+        return (self.finished_runs or self.runs)[0]
+
+    @property
+    def finished(self):
+        return bool(self.finished_runs)
+
+    @property
+    def config(self):
+        return self.representative.config
+
+    @property
+    def metrics(self):
+        return self.representative.metrics if self.counted_runs else None
+
+    @property
+    def epochs_done(self):
+        return self.representative.epochs_done
+
+    @property
+    def epochs_planned(self):
+        return self.representative.epochs_planned
+
+    def status(self):
+        if not self.seeded:
+            return self.runs[0].status()
+        done = f"{len(self.finished_runs)}/{len(self.runs)} seeds finished"
+        others = [f"{seed_folder(run.seed)} {run.status()}" for run in self.runs
+                  if not run.finished]
+        return "; ".join([done, *others])
+
+    def values(self, figure):
+        """figure(run) of each counted run, where it is a number."""
+        return [value for value in map(figure, self.counted_runs) if is_number(value)]
+
+    def metric(self, key):
+        values = self.values(metric_of(key))
+        return spread(values).mean if values else None
+
+    def flag(self, key):
+        return self.representative.flag(key)
+
+    def setting(self, key):
+        return self.representative.setting(key)
+
+
+def group_runs(runs):
+    """Runs -> Configurations, in the order their names first appear."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    return [Configuration(name, members) for name, members in groups.items()]
+
+
+def all_runs(configurations):
+    return [run for configuration in configurations for run in configuration.runs]
 
 
 @dataclass
@@ -199,14 +324,54 @@ def code(text):
 
 
 def run_link(run, results_dir):
-    """The run's name, linking to the file its numbers come from."""
+    """The run's name, linking to the file its numbers come from (a configuration over
+    seeds: the folder of its seed<S>/ runs)."""
     metrics = run.path / "metrics.json"
     return link(run.name, metrics if metrics.is_file() else run.path, results_dir)
 
 
 def run_label(run):
     """The run's name, with its status unless it finished (for captions)."""
-    return run.name if run.finished else f"{run.name} ({run.status()})"
+    return run.label if run.finished else f"{run.label} ({run.status()})"
+
+
+def figure_cell(configuration, figure, style):
+    """A configuration's figure: the run's own, or over seeds "mean ± std"."""
+    values = configuration.values(figure)
+    if not values:
+        return "—"
+    if not configuration.seeded:
+        return format_cell(values[0], style)
+    found = spread(values)
+    return format_mean_std(found.mean, found.std, style)
+
+
+def percent_cell(configuration, key, digits):
+    return figure_cell(configuration, metric_of(key), f"{{:.{digits}%}}")
+
+
+def seeds_cell(configuration):
+    """How many runs a row's figures average: the finished seeds (or the one run)."""
+    return str(len(configuration.counted_runs)) if configuration.seeded else "1"
+
+
+def comparison_cell(configuration, reference, key="test_accuracy"):
+    """The configuration's final test accuracy against the reference's, and whether the
+    difference is beyond noise (engine.seeds.compare); "—" for the reference itself."""
+    if reference is None:
+        return "— (not run)"
+    if configuration is reference:
+        return "—"
+    ours, theirs = (finished_values(group, key) for group in (configuration, reference))
+    if not ours or not theirs:
+        return "— (not finished)"
+    return compare(ours, theirs).text()
+
+
+def finished_values(configuration, key):
+    """A figure of each finished run (finished only: a comparison is of final figures)."""
+    return [value for value in map(metric_of(key), configuration.finished_runs)
+            if is_number(value)]
 
 
 def epochs_cell(run):
@@ -263,15 +428,16 @@ def part_command(key, results_dir, scratch_runs=()):
 
 # --- sections ------------------------------------------------------------------------------------
 
-def settings_section(runs, results_dir):
-    """Each run's settings, from its config.json (epochs planned) and metrics.json (time)."""
+def settings_section(configurations, results_dir):
+    """Each run's settings (each seed's, over seeds), from its config.json (epochs planned)
+    and metrics.json (time)."""
     rows = []
-    for run in runs:
+    for run in all_runs(configurations):
         image_size = run.setting("image_size")
         seconds = run.metric("train_seconds")
         curves = run.path / "curves.png"
         rows.append([
-            link(run.name, run.path / "config.json", results_dir) if run.config else run.name,
+            link(run.label, run.path / "config.json", results_dir) if run.config else run.label,
             run.setting("dataset") or "—", split_sizes(run), epochs_cell(run),
             run.flag("batch_size") or "—", format_cell(run.flag("lr"), "{:g}"),
             f"{image_size}x{image_size}" if image_size else "—",
@@ -322,65 +488,91 @@ def plots_section(results_dir, plots):
 
 def scratch_section(runs, results_dir, original):
     report = original.scratch
+    configurations = group_runs(runs)
     lines = [f"The report trained its hand-written ResNet-18 on CIFAR-10 for {report['epochs']} "
              f"epochs: {percent(report['train_accuracy'], 2)} train and "
              f"{percent(report['test_accuracy'], 2)} test accuracy (its training log, last epoch). "
-             "Ours: the last finished epoch of each run.", ""]
+             "Ours: the last finished epoch of each run (mean ± std over seeds where a run was "
+             "repeated with --seeds).", ""]
     if not runs:
         lines += missing_part_lines("scratch", results_dir) + [""]
-    rows = [["**the report**", "—", REPORT_DATASET, str(report["epochs"]),
+    rows = [["**the report**", "—", "—", REPORT_DATASET, str(report["epochs"]),
              percent(report["train_accuracy"], 2), "—", percent(report["test_accuracy"], 2), ""]]
-    for run in runs:
-        rows.append([run_link(run, results_dir), run.status(), run.setting("dataset") or "—",
-                     epochs_cell(run), percent(run.metric("train_accuracy"), 2),
-                     percent(run.metric("val_accuracy"), 2),
-                     percent(run.metric("test_accuracy"), 2),
-                     difference_cell(run, "test_accuracy", report["test_accuracy"], 2)])
-    lines += table(["run", "status", "dataset", "epochs", "train acc", "val acc", "test acc",
-                    "test − report"], rows)
+    for configuration in configurations:
+        rows.append([run_link(configuration, results_dir), configuration.status(),
+                     seeds_cell(configuration), configuration.setting("dataset") or "—",
+                     epochs_cell(configuration),
+                     *(percent_cell(configuration, key, 2)
+                       for key in ("train_accuracy", "val_accuracy", "test_accuracy")),
+                     difference_cell(configuration, "test_accuracy", report["test_accuracy"], 2)])
+    lines += table(["run", "status", "seeds", "dataset", "epochs", "train acc", "val acc",
+                    "test acc", "test − report"], rows)
     lines += ["", "Source: ours, each run's `metrics.json` (linked); the report's, its part (a) "
               "training log (\"Acc: 89.290%\", \"Accuracy: 8735/10000\"). A difference is given "
-              "only for a finished CIFAR-10 run on the whole training set.", ""]
+              "only for a finished CIFAR-10 run on the whole training set (over seeds: of the "
+              "mean)."]
+    lines += own_summary_lines(configurations, results_dir) + [""]
     if runs:
-        lines += settings_section(runs, results_dir) + [""]
+        lines += settings_section(configurations, results_dir) + [""]
         lines += plots_section(results_dir, [(run.path / "curves.png", f"{run_label(run)}: loss "
                                               f"and accuracy per epoch, train / val / test")
                                              for run in runs])
     return lines
 
 
+def own_summary_lines(configurations, results_dir):
+    """Links to the summary.md that train_scratch.py --seeds writes beside its seeds."""
+    found = [configuration.path / "summary.md" for configuration in configurations
+             if configuration.seeded and (configuration.path / "summary.md").is_file()]
+    if not found:
+        return []
+    return ["", "Over seeds, each folder's own table: " + ", ".join(
+        link(relative(path, results_dir), path, results_dir) for path in found) + "."]
+
+
+def noise_note(references):
+    return (f"{references}: the difference of final test accuracy (mean over finished seeds), "
+            f"in points, and whether it is beyond run-to-run noise: Welch's t-test with at "
+            f"least 3 finished seeds on both sides (p < 0.05: beyond noise); with fewer, the "
+            f"difference of a single run (or of too few seeds), which may be noise.")
+
+
 def transfer_section(runs, results_dir, original):
     part_dir = results_dir / "transfer"
     lines = ["The report's four configurations of torchvision's ResNet-18 (30 epochs at 32x32), "
-             "with its train / validation / test accuracy beside ours (the last finished epoch).",
-             ""]
+             "with its train / validation / test accuracy beside ours (the last finished epoch; "
+             "mean ± std over seeds where the study ran with --seeds).", ""]
     if not runs:
         lines += missing_part_lines("transfer", results_dir) + [""]
-    # train_transfer.py names each run's folder after its configuration.
-    by_name = {run.name: run for run in runs}
+    # train_transfer.py names each configuration's folder after it.
+    by_name = {configuration.name: configuration for configuration in group_runs(runs)}
     names = list(original.transfer) + [name for name in by_name if name not in original.transfer]
     rows = []
     for name in names:
         figures = original.transfer.get(name, ())
         theirs = [percent(value, 1) for value in figures] if figures else ["—"] * 3
-        run = by_name.get(name)
-        if run is None:
-            rows.append([name, "not run", "—", "—", "—", "—", "—", *theirs, "—"])
+        configuration = by_name.get(name)
+        if configuration is None:
+            rows.append([name, "not run", *["—"] * 7, *theirs, "—"])
             continue
-        image_size = run.setting("image_size")
-        rows.append([run_link(run, results_dir), run.status(), epochs_cell(run),
+        image_size = configuration.setting("image_size")
+        rows.append([run_link(configuration, results_dir), configuration.status(),
+                     seeds_cell(configuration), epochs_cell(configuration),
                      f"{image_size}x{image_size}" if image_size else "—",
-                     *(percent(run.metric(key), 1) for key in
+                     *(percent_cell(configuration, key, 1) for key in
                        ("train_accuracy", "val_accuracy", "test_accuracy")),
+                     comparison_cell(configuration, by_name.get("scratch")),
                      *theirs,
-                     difference_cell(run, "test_accuracy", figures[2] if figures else None, 1)])
-    lines += table(["configuration", "status", "epochs", "image size", "train acc", "val acc",
-                    "test acc", "report train", "report val", "report test", "test − report"],
-                   rows)
+                     difference_cell(configuration, "test_accuracy",
+                                     figures[2] if figures else None, 1)])
+    lines += table(["configuration", "status", "seeds", "epochs", "image size", "train acc",
+                    "val acc", "test acc", "test acc vs scratch", "report train", "report val",
+                    "report test", "test − report"], rows)
     lines += ["", "Source: ours, each run's `metrics.json` (linked); the report's, its text "
               "(\"Training Accuracy: 0.986 ...\"), as recorded in `train_transfer.py` "
               "(CONFIGURATIONS). A difference is given only for a finished CIFAR-10 run on the "
-              "whole training set."]
+              "whole training set (over seeds: of the mean).", "",
+              noise_note("test acc vs scratch")]
     if runs:
         lines += add_missing_line("train_transfer.py", "--configs",
                                   [name for name in names if name in by_name],
@@ -399,37 +591,49 @@ def transfer_section(runs, results_dir, original):
     return lines
 
 
+def complement_of(key):
+    """1 - a run's metric (error from accuracy)."""
+    return lambda run: 1 - run.metric(key) if is_number(run.metric(key)) else None
+
+
 def augment_section(runs, results_dir, original):
     part_dir = results_dir / "augment"
     lines = ["The report trained one network per augmentation on a tiny CIFAR-10 and gave train "
              "and test accuracy and error in a table that is an image, **with no numbers in its "
              "text**: there is nothing to set beside ours, so this table is ours only "
-             "(the last finished epoch).", ""]
+             "(the last finished epoch; mean ± std over seeds where the study ran with "
+             "--seeds).", ""]
     if not runs:
         return lines + missing_part_lines("augment", results_dir) + [""]
     order = {arm: index for index, arm in enumerate(original.augment_arms)}
-    runs = sorted(runs, key=lambda run: (order.get(run.setting("arm") or run.name, len(order)),
-                                         run.name))
+    configurations = sorted(group_runs(runs), key=lambda group: (
+        order.get(group.setting("arm") or group.name, len(order)), group.name))
+    by_arm = {group.setting("arm") or group.name: group for group in configurations}
     rows = []
-    for run in runs:
-        arm = run.setting("arm") or run.name
-        train, test = run.metric("train_accuracy"), run.metric("test_accuracy")
-        rows.append([run_link(run, results_dir), "yes" if arm in original.report_arms else "",
-                     run.status(), epochs_cell(run), percent(train, 2), percent(test, 2),
-                     percent(1 - train if train is not None else None, 2),
-                     percent(1 - test if test is not None else None, 2),
-                     percent(run.metric("val_accuracy"), 2)])
-    lines += table(["arm", "in the report", "status", "epochs", "train acc", "test acc",
-                    "train error", "test error", "val acc"], rows)
-    lines += ["", "Source: each run's `metrics.json` (linked); error = 1 − accuracy."]
-    done = [run.setting("arm") or run.name for run in runs]
+    for group in configurations:
+        arm = group.setting("arm") or group.name
+        rows.append([run_link(group, results_dir), "yes" if arm in original.report_arms else "",
+                     group.status(), seeds_cell(group), epochs_cell(group),
+                     percent_cell(group, "train_accuracy", 2),
+                     percent_cell(group, "test_accuracy", 2),
+                     figure_cell(group, complement_of("train_accuracy"), "{:.2%}"),
+                     figure_cell(group, complement_of("test_accuracy"), "{:.2%}"),
+                     percent_cell(group, "val_accuracy", 2),
+                     comparison_cell(group, by_arm.get("none")),
+                     comparison_cell(group, by_arm.get("standard"))])
+    lines += table(["arm", "in the report", "status", "seeds", "epochs", "train acc", "test acc",
+                    "train error", "test error", "val acc", "test acc vs none",
+                    "test acc vs standard"], rows)
+    lines += ["", "Source: each run's `metrics.json` (linked), its arm from its `config.json`; "
+              "error = 1 − accuracy.", "", noise_note("test acc vs none, vs standard")]
+    done = list(by_arm)
     lines += add_missing_line("augment_study.py", "--arms", done,
                               [arm for arm in original.report_arms if arm not in done],
                               part_dir, results_dir)
     if (part_dir / "summary.md").is_file():
         lines += ["", "The study's own table: "
                   + link("augment/summary.md", part_dir / "summary.md", results_dir) + "."]
-    lines += [""] + settings_section(runs, results_dir) + [""]
+    lines += [""] + settings_section(configurations, results_dir) + [""]
     lines += plots_section(results_dir, [
         (part_dir / "test_accuracy.png", "test accuracy per augmentation"),
         (part_dir / "curves.png", "per-arm curves on shared axes"),
@@ -442,32 +646,42 @@ def dropout_key(run):
     return (rate != 0, str(run.flag("dropout_at") or ""), rate if rate is not None else 0, run.name)
 
 
+def gap_points(run):
+    """train − test accuracy of a run, in points."""
+    train, test = run.metric("train_accuracy"), run.metric("test_accuracy")
+    return 100 * (train - test) if is_number(train) and is_number(test) else None
+
+
 def dropout_section(runs, results_dir):
     part_dir = results_dir / "dropout"
     lines = ["The report varied the dropout rate from 0 to 0.5 in steps of 0.1 for 80 epochs, "
              "\"after different layers\", and showed the result **only as plots** (test accuracy "
              "and loss per epoch): there are no numbers to set beside ours, so this table is "
-             "ours only (the last finished epoch).", ""]
+             "ours only (the last finished epoch; mean ± std over seeds where the sweep ran "
+             "with --seeds).", ""]
     if not runs:
         return lines + missing_part_lines("dropout", results_dir) + [""]
-    runs = sorted(runs, key=dropout_key)
+    configurations = sorted(group_runs(runs), key=dropout_key)
+    rate_zero = next((group for group in configurations if group.flag("dropout") == 0), None)
     rows = []
-    for run in runs:
-        train, test = run.metric("train_accuracy"), run.metric("test_accuracy")
-        gap = (f"{100 * (train - test):+.2f} pp" if train is not None and test is not None
-               else "—")
-        rows.append([run_link(run, results_dir), run.flag("dropout_at") or "—",
-                     format_cell(run.flag("dropout"), "{:.1f}"), run.status(), epochs_cell(run),
-                     percent(train, 2), percent(test, 2), gap,
-                     format_cell(run.metric("test_loss"), "{:.3f}")])
-    lines += table(["run", "placement", "rate", "status", "epochs", "train acc", "test acc",
-                    "train − test", "test loss"], rows)
+    for group in configurations:
+        rows.append([run_link(group, results_dir), group.flag("dropout_at") or "—",
+                     format_cell(group.flag("dropout"), "{:.1f}"), group.status(),
+                     seeds_cell(group), epochs_cell(group),
+                     percent_cell(group, "train_accuracy", 2),
+                     percent_cell(group, "test_accuracy", 2),
+                     comparison_cell(group, rate_zero),
+                     figure_cell(group, gap_points, "{:+.2f} pp"),
+                     figure_cell(group, metric_of("test_loss"), "{:.3f}")])
+    lines += table(["run", "placement", "rate", "status", "seeds", "epochs", "train acc",
+                    "test acc", "test acc vs rate 0", "train − test", "test loss"], rows)
     lines += ["", "Source: each run's `metrics.json` (linked), placement and rate from its "
-              "`config.json`; rate 0 is one run shared by every placement."]
+              "`config.json`; rate 0 is one run shared by every placement.", "",
+              noise_note("test acc vs rate 0")]
     if (part_dir / "summary.md").is_file():
         lines += ["", "The study's own table: "
                   + link("dropout/summary.md", part_dir / "summary.md", results_dir) + "."]
-    lines += [""] + settings_section(runs, results_dir) + [""]
+    lines += [""] + settings_section(configurations, results_dir) + [""]
     curves = sorted(part_dir.glob("curves_*.png"))
     lines += plots_section(results_dir, [
         *((path, f"test accuracy and loss per epoch, dropout at "
@@ -611,7 +825,11 @@ def check_results_dir(results_dir, found):
     # A likely slip: the folder of one part, or one run, instead of the folder above them.
     if RunDirectory(results_dir).holds_run():
         root = results_dir.parent.parent
-    elif results_dir.name in PARTS or any(child.is_dir() and RunDirectory(child).holds_run()
+        if folder_seed(results_dir.name) is not None:  # <part>/<configuration>/seed<S>
+            root = root.parent
+    elif seed_runs(results_dir):
+        root = results_dir.parent.parent
+    elif results_dir.name in PARTS or any(child.is_dir() and holds_runs(child)
                                           for child in results_dir.iterdir()):
         root = results_dir.parent
     else:
