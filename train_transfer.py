@@ -19,9 +19,9 @@ from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
-from engine.distributed import is_main_process
+from engine.distributed import is_main_process, main_first
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment
+from engine.experiment import Experiment, training_device
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
@@ -173,7 +173,8 @@ def write_outputs(results, args, study_dir):
 def main(args):
     study_dir = Path(args.out or Path("results") / "transfer")
     seed_args = args_per_seed(args)  # a bad --seeds is refused before weights are fetched
-    check_weights_available(args)
+    training_device(args)  # joins torchrun's processes (if any): rank 0 then downloads first
+    main_first(lambda: check_weights_available(args))
     experiments = seeded_experiments(seed_args, lambda run_args, splits: [
         make_experiment(name, run_args, splits, study_dir) for name in args.configs])
     results = run_study(experiments, args)

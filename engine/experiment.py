@@ -32,9 +32,11 @@ from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source
 from engine.split import split_validation, take_subset
 
-# Flags that do not change what a run computes: they may differ when resuming.
+# Flags that do not choose what a run computes: they may differ when resuming. Like the
+# number of torchrun processes, device, precision and --sync-bn change how the numbers come
+# out, not the experiment; --seeds chooses runs (each run's own seed is its --seed).
 RESUME_FREE_FLAGS = {"resume", "overwrite", "no_progress", "device", "compile", "out",
-                     "data_dir", "precision"}
+                     "data_dir", "precision", "sync_bn", "seeds"}
 
 
 @dataclass

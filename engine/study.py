@@ -14,6 +14,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
+from engine import distributed
 from engine.errors import UserError
 from engine.experiment import check_same_run, experiment_identity, load_splits, print_on_main
 from engine.experiment import run_training
@@ -96,6 +97,19 @@ def plan_run(experiment, args):
     return "resume" if run_dir.checkpoint.is_file() else "train"
 
 
+def decide(experiment, args):
+    """plan_run, with a finished run's stored flags, model and data checked before reuse.
+
+    Under torchrun rank 0 decides (it alone may see the files) and every rank follows.
+    """
+    action = plan_run(experiment, args)
+    if action == "reuse":
+        path = RunDirectory(experiment.out).path
+        config = json.loads((path / "config.json").read_text())
+        check_same_run(config, experiment_identity(experiment), path)
+    return action
+
+
 def run_header(number, experiments, experiment, args):
     """'[3/8] flip seed 1' (the seed only in a study run with --seeds)."""
     seed = (f" seed {experiment.flags['seed']}" if getattr(args, "seeds", None) is not None
@@ -104,7 +118,8 @@ def run_header(number, experiments, experiment, args):
 
 
 def run_study(experiments, args):
-    """Run (or continue) every experiment in order; return their RunResults."""
+    """Run (or continue) every experiment in order; return their RunResults (under
+    torchrun, on rank 0: the other ranks train and get an empty list)."""
     keys = [(experiment.name, experiment.flags.get("seed")) for experiment in experiments]
     if len(set(keys)) != len(keys):
         names = [experiment.name for experiment in experiments]
@@ -113,10 +128,8 @@ def run_study(experiments, args):
     for number, experiment in enumerate(experiments, 1):
         run_dir = RunDirectory(experiment.out)
         header = run_header(number, experiments, experiment, args)
-        action = plan_run(experiment, args)
+        action = distributed.on_main(lambda: decide(experiment, args))
         if action == "reuse":
-            config = json.loads((run_dir.path / "config.json").read_text())
-            check_same_run(config, experiment_identity(experiment), run_dir.path)
             print_on_main(f"{header}: finished earlier, reusing {run_dir.path}")
         else:
             resume = action == "resume"
@@ -125,7 +138,8 @@ def run_study(experiments, args):
             run_args = argparse.Namespace(**{**vars(args), "resume": resume,
                                              "seed": experiment.flags["seed"]})
             run_training(experiment, run_args)
-        results.append(read_result(experiment))
+        if distributed.is_main_process():  # the files are on rank 0's machine
+            results.append(read_result(experiment))
     return results
 
 

@@ -196,3 +196,18 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(message), stderr
     assert not out.exists()
+
+
+def test_a_study_runs_under_torchrun_and_its_rerun_reuses_the_finished_runs(tmp_path):
+    out = tmp_path / "augment"
+    flags = ["augment_study.py", *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
+             "--arms", "none", "flip", "--out", out]
+    code, stdout, stderr = finish(torchrun(*flags))
+    assert code == 0, stderr
+    assert (out / "summary.md").is_file() and (out / "flip" / "checkpoint.pt").is_file()
+    assert stdout.count("[2/2] flip: training") == 1  # rank 0 alone reports
+
+    code, stdout, stderr = finish(torchrun(*flags))  # rank 0 decides, both ranks follow
+    assert code == 0, stderr
+    assert stdout.count("finished earlier, reusing") == 2
+    assert "epoch" not in stdout
