@@ -7,6 +7,7 @@ rank writes which file and each rank's final model).
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,8 +29,8 @@ SMALL = [*QUICK, "--subset", "1000", "--val-size", "255"]
 VAL_IMAGES, TEST_IMAGES = 255, 1000
 
 
-def torchrun(*args, processes=2, env=None, **popen_options):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+def torchrun(*args, processes=2, env=None, launch=("--standalone",), **popen_options):
+    command = [sys.executable, "-m", "torch.distributed.run", *launch,
                f"--nproc_per_node={processes}", *map(str, args)]
     return subprocess.Popen(command, cwd=REPO, env=script_environment(env), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options)
@@ -211,3 +212,25 @@ def test_a_study_runs_under_torchrun_and_its_rerun_reuses_the_finished_runs(tmp_
     assert code == 0, stderr
     assert stdout.count("finished earlier, reusing") == 2
     assert "epoch" not in stdout
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_meet_at_a_rendezvous_endpoint(tmp_path):
+    """--nnodes 2 as on two machines (here both on localhost, one process each): the second
+    machine's process is its machine's first, so it loads the data in its own turn."""
+    out, endpoint = tmp_path / "run", f"127.0.0.1:{free_port()}"
+    machines = [torchrun("train_scratch.py", *SMALL, "--subset", "300", "--val-size", "100",
+                         "--epochs", "1", "--out", out, processes=1,
+                         launch=("--nnodes=2", f"--node_rank={node}", "--rdzv_backend=c10d",
+                                 f"--rdzv_endpoint={endpoint}", "--rdzv_id=test"))
+                for node in (0, 1)]
+    outcomes = [finish(machine) for machine in machines]
+    assert [code for code, _, _ in outcomes] == [0, 0], outcomes
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["val_images"], metrics["test_images"]) == (100, TEST_IMAGES)
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
