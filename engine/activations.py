@@ -51,8 +51,8 @@ from engine import atomic
 from engine.checkpoint import load_checkpoint
 from engine.errors import UserError
 from engine.loader import IMAGENET_STATS, Normalizer
-from engine.plots import _save as save_figure, plt
-from engine.sources import _read_image, load_source
+from engine.plots import plt, save_figure
+from engine.sources import load_source, read_image
 from models import build_model
 from models import transfer
 
@@ -487,7 +487,7 @@ def read_photo(path, size):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no image at {path}: pass --image PATH of a photograph (PNG, JPEG...)")
-    return Picture(_read_image(path, size), label=path.stem, description=path.name,
+    return Picture(read_image(path, size), label=path.stem, description=path.name,
                    source=str(path))
 
 

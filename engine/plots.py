@@ -12,7 +12,8 @@ from engine import atomic  # noqa: E402
 SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 
 
-def _save(figure, path):
+def save_figure(figure, path):
+    """Write the figure as a PNG atomically (epoch axes get whole-number ticks), then close it."""
     for axes in figure.axes:
         if axes.get_xlabel() == "epoch":
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -36,7 +37,7 @@ def plot_curves(history, path, title=None):
         axes.legend()
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def seed_histories(value):
@@ -84,7 +85,7 @@ def plot_comparison(histories, path, splits=("train", "val"), title=None):
         axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _label(key):
@@ -108,7 +109,7 @@ def plot_runs(histories, keys, path, title=None):
         axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_lines(panels, x_label, path, title=None):
@@ -125,7 +126,7 @@ def plot_lines(panels, x_label, path, title=None):
         axes.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _error_bars(errors):
@@ -150,7 +151,7 @@ def plot_bars(values, y_label, path, title=None, highlight=(), errors=None):
     axes.grid(axis="y", alpha=0.3)
     if title:
         axes.set_title(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def save_image_grid(rows, path, title=None):
@@ -174,4 +175,4 @@ def save_image_grid(rows, path, title=None):
         axes_row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize="small")
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)

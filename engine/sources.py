@@ -120,12 +120,12 @@ def _read_split(split_dir, image_size):
             raise UserError(f"class folder {class_dir} has no images (extensions "
                             f"{', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
         samples += [(path, class_to_index[class_name]) for path in files]
-    images = torch.stack([_read_image(path, image_size) for path, _ in samples])
+    images = torch.stack([read_image(path, image_size) for path, _ in samples])
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return ImageData(images, labels, classes)
 
 
-def _read_image(path, image_size):
+def read_image(path, image_size):
     """One RGB uint8 image, its shorter side resized to image_size, then centre-cropped."""
     try:
         with Image.open(path) as image:
