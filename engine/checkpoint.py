@@ -2,7 +2,8 @@
 
 A checkpoint holds the model, optimizer, scheduler and grad-scaler states, the epoch, the
 history so far, the global RNG states (dropout draws from them) and the run's config. The
-loader's shuffling and augmentation are re-seeded from (seed, epoch), so they need no state.
+loader's shuffling and augmentation are re-seeded from (seed, epoch) (and the rank under
+torchrun), so they need no state.
 Loading uses weights_only=True: a checkpoint is data, never code.
 """
 import pickle

@@ -61,12 +61,14 @@ def setup(device):
         raise UserError("torchrun with --device mps is not supported (no multi-process backend "
                         "for MPS): use --device cpu, or run without torchrun")
     if device.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE')} processes on a "
-                            f"machine with {torch.cuda.device_count()} GPU(s): pass "
+        # Every process checks the machine's count (not just its own index), so rank 0 sees
+        # the problem too and reports it.
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if processes > torch.cuda.device_count():
+            raise UserError(f"torchrun started {processes} processes on a machine with "
+                            f"{torch.cuda.device_count()} GPU(s): pass "
                             f"--nproc_per_node={torch.cuda.device_count()} or fewer")
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not is_distributed():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",

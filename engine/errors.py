@@ -34,17 +34,22 @@ def resume_command():
     argv = [arg for arg in sys.argv if arg != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
-    return launcher() + " " + shlex.join(argv)
+    words, note = launcher()
+    return f"{words} {shlex.join(argv)}{note}"
 
 
 def launcher():
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return "python"
-    words = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')}"
-    nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    if nodes > 1:
-        words += f" --nnodes={nodes} (and the same rendezvous flags)"
-    return words
+    """(what starts the script, a note after the command). Reads torchrun's variables
+    itself: engine.distributed imports this module."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes == 1:
+        return "python", ""
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    machines = processes // per_machine
+    if machines == 1:
+        return f"torchrun --standalone --nproc_per_node={per_machine}", ""
+    return (f"torchrun --nnodes={machines} --nproc_per_node={per_machine}",
+            " — on every machine, with the rendezvous flags it was started with")
 
 
 EXIT_USAGE = 2

@@ -173,6 +173,11 @@ def make_loaders(experiment, device, normalize, batch_size, seed):
     if batch_size % world_size:
         raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} "
                         f"processes: use a multiple of {world_size}")
+    if world_size > 1 and len(splits.train) < batch_size:
+        # One short batch would be split unevenly (or leave a rank without images).
+        raise UserError(f"{len(splits.train)} training images are fewer than --batch-size "
+                        f"{batch_size}: under torchrun every step takes a full batch; choose "
+                        f"--batch-size {len(splits.train) // world_size * world_size} or less")
     eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
 
     def eval_loader(data):
@@ -270,18 +275,18 @@ def prepare_training(experiment, args):
     loaders = make_loaders(experiment, device, normalize, args.batch_size, args.seed)
     groups = experiment.param_groups(model) if experiment.param_groups else model.parameters()
     optimizer = make_optimizer(groups, args.lr, args.weight_decay, device=device)
-    training = Training(run_dir, config, device, precision, model, model, model, loaders,
+    stepper = distributed.wrap_for_training(model, device, getattr(args, "sync_bn", False))
+    compiled = torch.compile(stepper) if args.compile else stepper
+    evaluator = compiled if stepper is model else torch.compile(model) if args.compile else model
+    training = Training(run_dir, config, device, precision, model, compiled, evaluator, loaders,
                         optimizer, make_scheduler(optimizer, args.epochs * len(loaders[0])),
                         grad_scaler(device, precision), replace_old_run=args.overwrite)
     if saved is not None:
+        # Every rank loads the same state, so it does not matter that DDP already wraps it.
         restore(training, saved, args.seed)
         where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
                  else f"epoch {training.start_epoch}")
         print_on_main(f"resuming {run_dir.path} after {where} of {args.epochs}")
-    stepper = distributed.wrap_for_training(model, device, getattr(args, "sync_bn", False))
-    training.compiled = torch.compile(stepper) if args.compile else stepper
-    training.evaluator = (training.compiled if stepper is model
-                          else torch.compile(model) if args.compile else model)
     return training
 
 
@@ -366,7 +371,7 @@ def train_epoch(training, experiment, args, epoch, stop):
     evaluate_started = time.perf_counter()
     distributed.sync_buffers(training.model)  # one model on every rank, as the checkpoint
     val = (evaluate(training.evaluator, val_loader, device=training.device,
-                    precision=training.precision) if val_loader
+                    precision=training.precision) if val_loader is not None
            else {"loss": float("nan"), "accuracy": float("nan"), "images": 0})
     test = evaluate(training.evaluator, test_loader, device=training.device,
                     precision=training.precision)
@@ -379,7 +384,7 @@ def train_epoch(training, experiment, args, epoch, stop):
         "images_per_second": state.seen / state.seconds,
         "val_images": val["images"], "test_images": test["images"],
     })
-    if val_loader:
+    if val_loader is not None:  # (an empty share of a tiny split is still a loader)
         training.best_val = max(training.best_val, val["accuracy"])
     training.save(epoch + 1)
     write_run_files(training.run_dir, training.config, training.history, training.best_val,

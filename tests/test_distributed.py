@@ -5,6 +5,7 @@ tests run train_scratch.py as a user would (through tests/ddp_probe.py, which re
 rank writes which file and each rank's final model).
 """
 import json
+import os
 import shutil
 import signal
 import socket
@@ -32,12 +33,21 @@ VAL_IMAGES, TEST_IMAGES = 255, 1000
 def torchrun(*args, processes=2, env=None, launch=("--standalone",), **popen_options):
     command = [sys.executable, "-m", "torch.distributed.run", *launch,
                f"--nproc_per_node={processes}", *map(str, args)]
+    # A session of its own: a hung run can be killed with its workers (os.killpg).
     return subprocess.Popen(command, cwd=REPO, env=script_environment(env), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            **popen_options)
 
 
 def finish(process, timeout=300):
-    stdout, stderr = process.communicate(timeout=timeout)
+    """(exit code, stdout, stderr); a run still going after `timeout` (a hang between ranks)
+    is killed with its workers and fails the test."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"still running after {timeout} s:\n{stdout}\n{stderr}") from None
     return process.returncode, stdout, stderr
 
 
@@ -79,9 +89,9 @@ def test_each_rank_draws_its_own_augmentation_from_the_seed():
     order_1, augment_1 = epoch_generators(seed=3, epoch=2, rank=1, device="cpu")
     assert torch.equal(torch.randperm(50, generator=order_0), torch.randperm(50, generator=order_1))
     assert not torch.equal(torch.rand(8, generator=augment_0), torch.rand(8, generator=augment_1))
-    again = epoch_generators(seed=3, epoch=2, rank=1, device="cpu")[1]
-    assert torch.equal(torch.rand(8, generator=again),
-                       torch.rand(8, generator=epoch_generators(3, 2, 1, "cpu")[1]))
+    next_epoch = epoch_generators(seed=3, epoch=3, rank=1, device="cpu")[1]
+    assert not torch.equal(torch.rand(8, generator=next_epoch),
+                           torch.rand(8, generator=epoch_generators(3, 2, 1, "cpu")[1]))
 
 
 def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(tmp_path):
@@ -150,7 +160,8 @@ def wait_for_epochs(path, epochs, process, timeout=120):
 
 
 def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one_process(tmp_path):
-    flags = [*SMALL, "--batch-size", "32", "--epochs", "3"]
+    # Dropout draws from each rank's own RNG stream, which the checkpoint must restore.
+    flags = [*SMALL, "--batch-size", "32", "--epochs", "3", "--dropout", "0.2"]
     straight = torchrun("train_scratch.py", *flags, "--out", tmp_path / "straight")
 
     stopped = tmp_path / "stopped"
@@ -159,7 +170,7 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
     process.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     code, _, stderr = finish(process)
     assert code != 0
-    assert "continue with: torchrun --nproc_per_node=2" in stderr
+    assert "continue with: torchrun --standalone --nproc_per_node=2 " in stderr
     assert stderr.count("interrupted by SIGTERM") == 1  # rank 0 alone reports
     saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] < 3
@@ -184,10 +195,23 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
     assert metrics["epochs"] == 3 and metrics["test_images"] == TEST_IMAGES
 
 
+def test_a_split_smaller_than_the_number_of_processes_is_still_evaluated(tmp_path):
+    """One validation image over two ranks: rank 1's share is empty, yet it must take part
+    in every sum (a rank that skipped one would pair its next sum with another's)."""
+    out = tmp_path / "run"
+    code, _, stderr = finish(torchrun("train_scratch.py", *SMALL, "--subset", "200",
+                                      "--val-size", "1", "--epochs", "1", "--out", out),
+                             timeout=120)
+    assert code == 0, stderr
+    assert json.loads((out / "metrics.json").read_text())["val_images"] == 1
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "63"], "error: --batch-size 63 does not split evenly over 2 processes: "
                              "use a multiple of 2"),
     (["--dataset", "folder", "--data-dir", "no-such-folder"], "error: "),
+    (["--subset", "100", "--batch-size", "128"],
+     "error: 100 training images are fewer than --batch-size 128"),
 ])
 def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp_path, flags,
                                                                              message):
