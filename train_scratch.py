@@ -94,9 +94,7 @@ def main(args):
         return main_over_seeds(args)
     splits = load_splits(args)
     out = Path(args.out or Path("results") / "scratch" / f"{args.dataset}_seed{args.seed}")
-    # "seeds" (None here) is not stored: a run's flags are those that shape it.
-    flags = {key: value for key, value in vars(args).items() if key != "seeds"}
-    return run_training(make_experiment(args, splits, out, flags), args)
+    return run_training(make_experiment(args, splits, out, vars(args)), args)
 
 
 if __name__ == "__main__":

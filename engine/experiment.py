@@ -58,13 +58,20 @@ def training_device(args):
 
 
 def load_splits(args, image_size=32):
-    """Source -> class-balanced train/val split -> optional class-balanced subset.
+    """Source -> class-balanced train/val split -> optional class-balanced subset."""
+    return split_data(args, *load_data(args, image_size))
 
-    Under torchrun rank 0 loads (and downloads) first; the others read what it fetched.
-    """
+
+def load_data(args, image_size=32):
+    """(train, test) of --dataset. Under torchrun rank 0 loads (and downloads) first; the
+    others read what it fetched."""
     training_device(args)
-    train, test = distributed.main_first(
+    return distributed.main_first(
         lambda: load_source(args.dataset, args.data_dir, image_size=image_size))
+
+
+def split_data(args, train, test):
+    """The validation split and the subset of args.seed, from loaded data."""
     val_size = args.val_size
     if val_size is None:
         val_size = 5000 if args.dataset.startswith("cifar") else len(train) // 10

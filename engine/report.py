@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from engine import atomic
 from engine.errors import UserError
-from engine.experiment import format_seconds
+from engine.experiment import RESUME_FREE_FLAGS, format_seconds
 from engine.rundir import RunDirectory
 from engine.seeds import compare, folder_seed, is_number, seed_folder, spread
 from engine.summary import format_cell, format_mean_std
@@ -163,11 +163,26 @@ def find_runs(part_dir):
     for child in sorted(part_dir.iterdir()):
         if not child.is_dir() or child.name.startswith("."):
             continue
-        if RunDirectory(child).holds_run():
+        if RunDirectory(child).holds_run():  # a study run without --seeds ...
             runs.append(read_run(child))
-        else:
-            runs += [read_run(path, child.name, seed) for seed, path in seed_runs(child)]
+        # ... and, in the same folder, its runs with --seeds, if it was run again so
+        runs += [read_run(path, child.name, seed) for seed, path in seed_runs(child)]
     return runs
+
+
+# Flags that choose a run's configuration within its study, or its seed: runs that differ
+# only in these were trained alike, so they may be averaged (seeds) or compared (the rest).
+CHOOSING_FLAGS = {"seed", "config", "arm", "dropout", "dropout_at"}
+
+
+def settings_of(run):
+    """What a run was trained with, less what chooses its configuration and seed and what
+    does not change the experiment (device, precision, ...): equal for runs that are alike."""
+    if not run.config:
+        return None
+    flags = {key: value for key, value in run.config["flags"].items()
+             if key not in CHOOSING_FLAGS and key not in RESUME_FREE_FLAGS}
+    return json.dumps(flags, sort_keys=True, default=str)
 
 
 def metric_of(key):
@@ -244,16 +259,28 @@ class Configuration:
     def flag(self, key):
         return self.representative.flag(key)
 
+    @property
+    def settings(self):
+        return settings_of(self.representative)
+
     def setting(self, key):
         return self.representative.setting(key)
 
 
 def group_runs(runs):
-    """Runs -> Configurations, in the order their names first appear."""
+    """Runs -> Configurations, in the order their names first appear. Runs of one name are
+    one configuration only if they were trained alike: a run made without --seeds, or with
+    other settings (say --epochs), stands apart from the seeds it must not be averaged with."""
     groups = {}
     for run in runs:
-        groups.setdefault(run.name, []).append(run)
-    return [Configuration(name, members) for name, members in groups.items()]
+        groups.setdefault((run.name, run.seed is not None, settings_of(run)), []).append(run)
+    return [Configuration(name, members) for (name, _, _), members in groups.items()]
+
+
+def preferred(configurations):
+    """Of several configurations of one name, the one a one-row table shows: run over
+    seeds rather than once, then the one with the most finished runs."""
+    return max(configurations, key=lambda group: (group.seeded, len(group.finished_runs)))
 
 
 def all_runs(configurations):
@@ -355,13 +382,19 @@ def seeds_cell(configuration):
     return str(len(configuration.counted_runs)) if configuration.seeded else "1"
 
 
-def comparison_cell(configuration, reference, key="test_accuracy"):
-    """The configuration's final test accuracy against the reference's, and whether the
-    difference is beyond noise (engine.seeds.compare); "—" for the reference itself."""
-    if reference is None:
+def comparison_cell(configuration, references, key="test_accuracy"):
+    """The configuration's final test accuracy against its reference's (of `references`,
+    the reference configurations found, the one trained with the same settings), and
+    whether the difference is beyond noise (engine.seeds.compare); "—" for a reference."""
+    if not references:
         return "— (not run)"
-    if configuration is reference:
+    if any(configuration is reference for reference in references):
         return "—"
+    alike = [reference for reference in references if reference.settings == configuration.settings]
+    if not alike:
+        return "— (reference trained with other settings)"
+    reference = max(alike, key=lambda group: (group.seeded == configuration.seeded,
+                                              len(group.finished_runs)))
     ours, theirs = (finished_values(group, key) for group in (configuration, reference))
     if not ours or not theirs:
         return "— (not finished)"
@@ -545,7 +578,10 @@ def transfer_section(runs, results_dir, original):
     if not runs:
         lines += missing_part_lines("transfer", results_dir) + [""]
     # train_transfer.py names each configuration's folder after it.
-    by_name = {configuration.name: configuration for configuration in group_runs(runs)}
+    groups = group_runs(runs)
+    by_name = {name: preferred([group for group in groups if group.name == name])
+               for name in dict.fromkeys(group.name for group in groups)}
+    scratch = [group for group in groups if group.name == "scratch"]
     names = list(original.transfer) + [name for name in by_name if name not in original.transfer]
     rows = []
     for name in names:
@@ -561,7 +597,7 @@ def transfer_section(runs, results_dir, original):
                      f"{image_size}x{image_size}" if image_size else "—",
                      *(percent_cell(configuration, key, 1) for key in
                        ("train_accuracy", "val_accuracy", "test_accuracy")),
-                     comparison_cell(configuration, by_name.get("scratch")),
+                     comparison_cell(configuration, scratch),
                      *theirs,
                      difference_cell(configuration, "test_accuracy",
                                      figures[2] if figures else None, 1)])
@@ -573,6 +609,11 @@ def transfer_section(runs, results_dir, original):
               "(CONFIGURATIONS). A difference is given only for a finished CIFAR-10 run on the "
               "whole training set (over seeds: of the mean).", "",
               noise_note("test acc vs scratch")]
+    others = [group for group in groups if group is not by_name[group.name]]
+    if others:
+        lines += ["", f"Also found, not in this table: {len(others)} other run(s) of these "
+                  "configurations (made without --seeds beside runs with them, or with other "
+                  "settings); see the settings below."]
     if runs:
         lines += add_missing_line("train_transfer.py", "--configs",
                                   [name for name in names if name in by_name],
@@ -584,7 +625,7 @@ def transfer_section(runs, results_dir, original):
                   + link("transfer/summary.md", part_dir / "summary.md", results_dir) + "."]
     lines += [""]
     if runs:
-        lines += settings_section([by_name[name] for name in names if name in by_name],
+        lines += settings_section([by_name[name] for name in names if name in by_name] + others,
                                   results_dir) + [""]
         lines += plots_section(results_dir, [(part_dir / name, title)
                                              for name, title in original.transfer_plots.items()])
@@ -608,25 +649,29 @@ def augment_section(runs, results_dir, original):
     order = {arm: index for index, arm in enumerate(original.augment_arms)}
     configurations = sorted(group_runs(runs), key=lambda group: (
         order.get(group.setting("arm") or group.name, len(order)), group.name))
-    by_arm = {group.setting("arm") or group.name: group for group in configurations}
+    def arm(group):
+        return group.setting("arm") or group.name
+
+    def runs_of(name):
+        return [group for group in configurations if arm(group) == name]
     rows = []
     for group in configurations:
-        arm = group.setting("arm") or group.name
-        rows.append([run_link(group, results_dir), "yes" if arm in original.report_arms else "",
+        rows.append([run_link(group, results_dir),
+                     "yes" if arm(group) in original.report_arms else "",
                      group.status(), seeds_cell(group), epochs_cell(group),
                      percent_cell(group, "train_accuracy", 2),
                      percent_cell(group, "test_accuracy", 2),
                      figure_cell(group, complement_of("train_accuracy"), "{:.2%}"),
                      figure_cell(group, complement_of("test_accuracy"), "{:.2%}"),
                      percent_cell(group, "val_accuracy", 2),
-                     comparison_cell(group, by_arm.get("none")),
-                     comparison_cell(group, by_arm.get("standard"))])
+                     comparison_cell(group, runs_of("none")),
+                     comparison_cell(group, runs_of("standard"))])
     lines += table(["arm", "in the report", "status", "seeds", "epochs", "train acc", "test acc",
                     "train error", "test error", "val acc", "test acc vs none",
                     "test acc vs standard"], rows)
     lines += ["", "Source: each run's `metrics.json` (linked), its arm from its `config.json`; "
               "error = 1 − accuracy.", "", noise_note("test acc vs none, vs standard")]
-    done = list(by_arm)
+    done = list(dict.fromkeys(map(arm, configurations)))
     lines += add_missing_line("augment_study.py", "--arms", done,
                               [arm for arm in original.report_arms if arm not in done],
                               part_dir, results_dir)
@@ -662,7 +707,7 @@ def dropout_section(runs, results_dir):
     if not runs:
         return lines + missing_part_lines("dropout", results_dir) + [""]
     configurations = sorted(group_runs(runs), key=dropout_key)
-    rate_zero = next((group for group in configurations if group.flag("dropout") == 0), None)
+    rate_zero = [group for group in configurations if group.flag("dropout") == 0]
     rows = []
     for group in configurations:
         rows.append([run_link(group, results_dir), group.flag("dropout_at") or "—",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from engine import distributed
 from engine.errors import UserError
-from engine.experiment import check_same_run, experiment_identity, load_splits, print_on_main
-from engine.experiment import run_training
+from engine.experiment import check_same_run, experiment_identity, load_data, print_on_main
+from engine.experiment import run_training, split_data
 from engine.rundir import RunDirectory, read_history
 from engine.seeds import seed_folder, seeds_to_run
 
@@ -54,12 +54,15 @@ def args_per_seed(args):
     return [argparse.Namespace(**{**vars(args), "seed": seed}) for seed in seeds]
 
 
-def seeded_experiments(seed_args, make_experiments, load=load_splits):
+def seeded_experiments(seed_args, make_experiments):
     """make_experiments(args, splits) -> one seed's experiments; called for each args of
-    args_per_seed with the data split of its seed (the split and subset follow the seed)."""
+    args_per_seed with the data split of its seed (the split and subset follow the seed).
+    The dataset is loaded once; each seed keeps its own split of it (for CIFAR-10 about
+    150 MB of host memory per seed, moved to the device only while its runs train)."""
+    train, test = load_data(seed_args[0])
     experiments = []
     for args in seed_args:
-        experiments += make_experiments(args, load(args))
+        experiments += make_experiments(args, split_data(args, train, test))
     return experiments
 
 

@@ -297,3 +297,31 @@ def test_an_unfinished_seed_is_left_out_of_the_mean_and_named(sweep, tmp_path):
     measured = metrics(sweep[0] / "flip" / "seed0")["test_accuracy"]
     assert f"| {measured:.2%} ± — |" in flip
     assert "(single run)" in flip
+
+
+def test_runs_trained_otherwise_are_neither_averaged_nor_compared_with_the_seeds(sweep, tmp_path):
+    """augment/flip/ holds the sweep's seeds, a run made without --seeds, and a seed trained
+    with other settings: three rows, the seeds' mean untouched by the other two."""
+    results = tmp_path / "results"
+    shutil.copytree(sweep[0], results / "augment")
+    flip = results / "augment" / "flip"
+    for file in (flip / "seed0").iterdir():  # the same arm, once without --seeds
+        shutil.copy(file, flip / file.name)
+    shutil.copytree(flip / "seed0", flip / "seed5")
+    config = json.loads((flip / "seed5" / "config.json").read_text())
+    config["flags"]["lr"] *= 2  # another learning rate: not the same experiment
+    (flip / "seed5" / "config.json").write_text(json.dumps(config))
+
+    text = report.main(report.get_args_parser().parse_args(["--results", str(results)]))
+    table = text.read_text().split("## Part (c): data augmentation")[1].split("**Settings**")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| [flip")]
+    assert len(rows) == 3, rows
+    seeded = next(row for row in rows if "2/2 seeds finished" in row)
+    values = [metrics(flip / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
+    mean, std = np.mean(values), np.std(values, ddof=1)
+    assert f"| {format_mean_std(mean, std, '{:.2%}')} |" in seeded
+    assert "(2 seeds: too few to test, need 3)" in seeded
+    other = next(row for row in rows if "1/1 seeds finished" in row)
+    assert "— (reference trained with other settings)" in other
+    single = next(row for row in rows if "seeds finished" not in row)
+    assert "(single run)" in single
