@@ -19,14 +19,12 @@ import torch
 
 from engine import augment
 from engine.cli import Parser, add_common_args, positive_int
-from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_bars, plot_runs, save_image_grid
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import with_seeds
-from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
-from engine.study import seeded_experiments
+from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
 from models import build_model
 
@@ -163,14 +161,12 @@ def spread_points(std):
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "augment")
-    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits: [
-        make_experiment(name, seed_args, splits, study_dir) for name in args.arms])
-    results = run_study(experiments, args)
-    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
+    return run_seeded_study(
+        args, lambda seed_args, splits: [make_experiment(name, seed_args, splits, study_dir)
+                                         for name in args.arms],
         # The gallery shows the first seed's training images (each seed draws its own subset).
-        write_outputs(results, args, experiments[0].splits, study_dir)
-        print(f"summary: {study_dir / 'summary.md'}")
-    return results
+        lambda results, experiments: write_outputs(results, args, experiments[0].splits,
+                                                   study_dir), study_dir)
 
 
 if __name__ == "__main__":

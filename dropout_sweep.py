@@ -17,14 +17,12 @@ from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
-from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_lines, plot_runs
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import with_seeds
-from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
-from engine.study import seeded_experiments
+from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
 from models import build_model
 from models.resnet import DROPOUT_PLACES
@@ -157,13 +155,9 @@ def write_outputs(results, args, study_dir):
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "dropout")
-    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits:
-                                     make_experiments(seed_args, splits, study_dir))
-    results = run_study(experiments, args)
-    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
-        write_outputs(results, args, study_dir)
-        print(f"summary: {study_dir / 'summary.md'}")
-    return results
+    return run_seeded_study(
+        args, lambda seed_args, splits: make_experiments(seed_args, splits, study_dir),
+        lambda results, _: write_outputs(results, args, study_dir), study_dir)
 
 
 if __name__ == "__main__":

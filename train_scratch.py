@@ -15,11 +15,10 @@ from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
-from engine.distributed import is_main_process
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits, run_training
 from engine.seeds import seed_folder, seeds_note, seeds_to_run, summarise_seeds
-from engine.study import args_per_seed, run_flags, run_study, seeded_experiments
+from engine.study import run_flags, run_seeded_study
 from engine.summary import write_summary
 from models import build_model
 from models.resnet import DROPOUT_PLACES
@@ -78,14 +77,10 @@ def write_seed_summary(results, args, out):
 def main_over_seeds(args):
     """--seeds: --out is a folder of seed<S>/ runs, run (or continued) as a study."""
     out = Path(args.out or Path("results") / "scratch" / args.dataset)
-    experiments = seeded_experiments(args_per_seed(args), lambda seed_args, splits: [
-        make_experiment(seed_args, splits, out / seed_folder(seed_args.seed),
-                        run_flags(seed_args, ()))])
-    results = run_study(experiments, args)
-    if is_main_process():  # under torchrun, rank 0 alone writes the summary
-        write_seed_summary(results, args, out)
-        print(f"summary: {out / 'summary.md'}")
-    return results
+    return run_seeded_study(
+        args, lambda seed_args, splits: [make_experiment(
+            seed_args, splits, out / seed_folder(seed_args.seed), run_flags(seed_args, ()))],
+        lambda results, _: write_seed_summary(results, args, out), out)
 
 
 @exits_cleanly_on_user_error

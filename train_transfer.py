@@ -19,14 +19,14 @@ from pathlib import Path
 
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
-from engine.distributed import is_main_process, main_first
+from engine.distributed import main_first
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, training_device
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.study import args_per_seed, histories_by_name, run_flags, run_path, run_study
-from engine.study import seeded_experiments
+from engine.study import args_per_seed, histories_by_name, run_flags, run_path
+from engine.study import run_seeded_study
 from engine.summary import write_summary
 from models import build_model
 from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, load_imagenet_state_dict
@@ -172,16 +172,13 @@ def write_outputs(results, args, study_dir):
 @exits_cleanly_on_user_error
 def main(args):
     study_dir = Path(args.out or Path("results") / "transfer")
-    seed_args = args_per_seed(args)  # a bad --seeds is refused before weights are fetched
+    args_per_seed(args)  # a bad --seeds is refused before weights are fetched
     training_device(args)  # joins torchrun's processes (if any): rank 0 then downloads first
     main_first(lambda: check_weights_available(args))
-    experiments = seeded_experiments(seed_args, lambda run_args, splits: [
-        make_experiment(name, run_args, splits, study_dir) for name in args.configs])
-    results = run_study(experiments, args)
-    if is_main_process():  # under torchrun, rank 0 alone writes the study's files
-        write_outputs(results, args, study_dir)
-        print(f"summary: {study_dir / 'summary.md'}")
-    return results
+    return run_seeded_study(
+        args, lambda seed_args, splits: [make_experiment(name, seed_args, splits, study_dir)
+                                         for name in args.configs],
+        lambda results, _: write_outputs(results, args, study_dir), study_dir)
 
 
 if __name__ == "__main__":

@@ -152,3 +152,15 @@ def histories_by_name(results):
     for result in results:
         histories.setdefault(result.name, []).append(result.history)
     return histories
+
+
+def run_seeded_study(args, make_experiments, write_outputs, out):
+    """A study command from start to end: make_experiments(args, splits) for each seed of
+    --seeds (or once), every run trained or continued, then write_outputs(results,
+    experiments) (summary and plots) on rank 0 alone, which writes out/summary.md."""
+    experiments = seeded_experiments(args_per_seed(args), make_experiments)
+    results = run_study(experiments, args)
+    if distributed.is_main_process():
+        write_outputs(results, experiments)
+        print(f"summary: {out / 'summary.md'}")
+    return results
