@@ -23,7 +23,7 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_bars, plot_runs, save_image_grid
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import with_seeds
+from engine.seeds import in_points, with_seeds
 from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
 from models import build_model
@@ -135,7 +135,7 @@ def write_outputs(results, args, splits, study_dir):
     histories = histories_by_name(results)
     plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
               study_dir / "test_accuracy.png", highlight=("none", "standard"),
-              errors={row["arm"]: spread_points(row["test_accuracy_std"]) for row in rows},
+              errors={row["arm"]: in_points(row["test_accuracy_std"]) for row in rows},
               title=with_seeds(f"test accuracy per augmentation ({len(splits.train)} "
                                f"training images)", args))
     plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
@@ -150,12 +150,8 @@ def write_outputs(results, args, splits, study_dir):
         comparison_note("test acc vs none, vs standard"),
         "execution: batched = parameters drawn per image, whole batch augmented on the device "
         "at once; per image = torchvision.transforms.v2 in a loop (AutoAugment family).",
-        "Plots: test_accuracy.png (bar per arm; error bar: std over seeds), curves.png (per-arm curves on shared axes), "
-        "gallery.png (each arm on the same eight images)."])
-
-
-def spread_points(std):
-    return None if std is None else 100 * std
+        "Plots: test_accuracy.png (bar per arm; error bar: std over seeds), curves.png "
+        "(per-arm curves on shared axes), gallery.png (each arm on the same eight images)."])
 
 
 @exits_cleanly_on_user_error

@@ -21,7 +21,7 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_lines, plot_runs
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import with_seeds
+from engine.seeds import in_points, with_seeds
 from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
 from models import build_model
@@ -74,7 +74,8 @@ def make_experiments(args, splits, study_dir):
         experiments.append(Experiment(
             name=name, flags=run_flags(args, STUDY_FLAGS, dropout=rate, dropout_at=place),
             out=run_path(study_dir, name, args), make_model=lambda spec=spec: build_model(spec),
-            model_spec=spec, splits=splits, train_augment=CropFlip(), extra_config={"study": "dropout"}))
+            model_spec=spec, splits=splits, train_augment=CropFlip(),
+            extra_config={"study": "dropout"}))
     return experiments
 
 
@@ -121,9 +122,8 @@ def lines_per_placement(rows, placements, key):
     lines = {}
     for place in placements:
         own = zero + [row for row in rows if row["placement"] == place]
-        lines[place] = ([row["rate"] for row in own], [100 * row[key] for row in own],
-                        [None if row[f"{key}_std"] is None else 100 * row[f"{key}_std"]
-                         for row in own])
+        lines[place] = ([row["rate"] for row in own], [in_points(row[key]) for row in own],
+                        [in_points(row[f"{key}_std"]) for row in own])
     return lines
 
 

@@ -180,6 +180,12 @@ def comparison_note(references):
             f"not run.")
 
 
+def in_points(fraction):
+    """A fraction (an accuracy, or its spread over seeds) in percentage points; None (no
+    spread with one seed) stays None."""
+    return None if fraction is None else 100 * fraction
+
+
 def with_seeds(title, args):
     """A plot title, saying what its points are when they average several seeds."""
     seeds = seeds_to_run(args)
