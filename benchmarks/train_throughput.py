@@ -159,7 +159,7 @@ def project_path(args, device, data, stats, model):
                           drop_last=True, augment=CropFlip(), seed=0)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), RECIPE["lr"], RECIPE["weight_decay"],
-                               device=device)
+                               fused=device.type == "cuda")
     # One schedule over exactly the steps taken: OneCycleLR refuses to step past its end.
     scheduler = make_scheduler(optimizer, args.warmup + args.steps)
     scaler = grad_scaler(device, precision)

@@ -208,7 +208,8 @@ def _rotation_grids(angles, height, width, dtype):
     zeros = torch.zeros_like(cos)
     inverse = torch.stack((torch.stack((cos, -sin, zeros), -1),
                            torch.stack((sin, cos, zeros), -1)), dim=1).to(dtype)   # (B, 2, 3)
-    to_unit = torch.tensor([0.5 * width, 0.5 * height], device=angles.device, dtype=dtype)
+    to_unit = torch.full((2,), 0.5 * width, device=angles.device, dtype=dtype)
+    to_unit[1] = 0.5 * height  # filled on the device: torch.tensor([...]) would sync with the host
     scaled = inverse.transpose(1, 2) / to_unit                                     # (B, 3, 2)
     pixels = _pixel_grid(height, width, angles.device, dtype)                      # (H*W, 3)
     grids = pixels.expand(len(angles), -1, -1).bmm(scaled)                          # (B, H*W, 2)
@@ -308,7 +309,7 @@ def _hue_to_rgb(hue, value, chroma):
     Equivalent to torchvision's sector table (v, p, q, t) but without its six-way gather,
     the slow part of its adjust_hue on a batch.
     """
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=hue.device, dtype=hue.dtype)[:, None, None]
+    offsets = torch.arange(5.0, 0.0, -2.0, device=hue.device, dtype=hue.dtype)[:, None, None]
     k = torch.add(offsets, hue.unsqueeze(-3), alpha=6.0).remainder_(6.0)
     ramp = torch.rsub(k, 4.0)
     torch.minimum(k, ramp, out=ramp).clamp_(0.0, 1.0)   # in place: see _blend_step
@@ -870,7 +871,8 @@ class PerImageTorchvision:
 
     torchvision draws from the global torch RNG, so the generator only provides a seed for
     it, inside fork_rng so the caller's global state is left untouched: the same generator
-    state gives the same output. Slow (a Python loop with a host round trip): per_image.
+    state gives the same output. The images go through on a CPU copy and come back as one
+    batch: per image on a GPU would be many tiny kernels and a host round trip each.
     """
 
     per_image = True
@@ -882,8 +884,8 @@ class PerImageTorchvision:
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            augmented = torch.stack([self.transform(image) for image in images])
-        return augmented, labels
+            augmented = torch.stack([self.transform(image) for image in images.cpu()])
+        return augmented.to(images.device), labels
 
     def __repr__(self):
         return f"PerImageTorchvision({self.transform!r})"

@@ -16,17 +16,20 @@ from engine import atomic
 from engine.errors import UserError
 
 
-def rng_states():
+def rng_states(device):
+    """The CPU generator's state, and the training GPU's own (not every visible GPU's: a run
+    may resume where fewer are visible, or under torchrun on another index)."""
     states = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_rng_states(states):
+def restore_rng_states(states, device):
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda_state = states.get("cuda")
+    if device.type == "cuda" and isinstance(cuda_state, torch.Tensor):
+        torch.cuda.set_rng_state(cuda_state, device)  # (a list: an older checkpoint's, all GPUs)
 
 
 def unwrap(model):
@@ -39,7 +42,7 @@ def save_checkpoint(path, *, model, optimizer, scheduler, scaler, epoch, history
                     best_val_accuracy, partial_epoch=None, rng_by_rank=None):
     """epoch: epochs finished; partial_epoch: the progress of an interrupted next epoch;
     rng_by_rank: every rank's RNG states under torchrun (default: this process's)."""
-    rng_by_rank = rng_by_rank or [rng_states()]
+    rng_by_rank = rng_by_rank or [rng_states(torch.device("cpu"))]
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -26,6 +26,10 @@ def resolve_device(name):
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s): "
                             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if device.index is not None:
+            # The current device is what bf16 support is asked of, and where CUDA puts a
+            # context and allocations made without an index.
+            torch.cuda.set_device(device)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for Apple MPS but it is not available: use --device cpu")
     return device

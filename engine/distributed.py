@@ -218,6 +218,8 @@ def wrap_for_training(model, device, sync_bn):
         elif is_main_process():
             print(f"--sync-bn: SyncBatchNorm needs CUDA; BatchNorm stays per process on "
                   f"{device.type}", flush=True)
+    # No buffer broadcast before every forward: training-mode BatchNorm normalises with the
+    # batch's statistics, and sync_buffers gives every rank rank 0's running ones at epoch end.
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
-        gradient_as_bucket_view=True)
+        gradient_as_bucket_view=True, broadcast_buffers=False)

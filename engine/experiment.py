@@ -25,7 +25,8 @@ from engine.cli import show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.errors import Interrupted, UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
-from engine.loop import EpochState, evaluate, make_optimizer, make_scheduler, train_one_epoch
+from engine.loop import (EpochState, evaluate, load_optimizer_state, make_optimizer,
+                         make_scheduler, train_one_epoch)
 from engine.plots import plot_curves
 from engine.rundir import RunDirectory, final_metrics
 from engine.signals import AgreedStop, stop_on_signals
@@ -225,7 +226,7 @@ class Training:
 
     def save(self, epoch, partial=None):
         """Every rank calls this (their RNG states are gathered); rank 0 writes."""
-        rng_by_rank = distributed.gather_to_main(ckpt.rng_states())
+        rng_by_rank = distributed.gather_to_main(ckpt.rng_states(self.device))
         if not distributed.is_main_process():
             return
         if self.replace_old_run:
@@ -281,8 +282,12 @@ def prepare_training(experiment, args):
     normalize = Normalizer(mean, std, device, image_size=experiment.image_size)
     loaders = make_loaders(experiment, device, normalize, args.batch_size, args.seed)
     groups = experiment.param_groups(model) if experiment.param_groups else model.parameters()
-    optimizer = make_optimizer(groups, args.lr, args.weight_decay, device=device)
+    optimizer = make_optimizer(groups, args.lr, args.weight_decay, fused=device.type == "cuda")
     stepper = distributed.wrap_for_training(model, device, getattr(args, "sync_bn", False))
+    if args.compile:
+        # A study trains many models in one process: without a reset, each run's graphs pile
+        # up under the same forward() until dynamo's recompile limit sends runs to eager.
+        torch._dynamo.reset()
     compiled = torch.compile(stepper) if args.compile else stepper
     evaluator = compiled if stepper is model else torch.compile(model) if args.compile else model
     training = Training(run_dir, config, device, precision, model, compiled, evaluator, loaders,
@@ -299,10 +304,11 @@ def prepare_training(experiment, args):
 
 def restore(training, saved, seed):
     training.model.load_state_dict(saved["model"])
-    training.optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer_state(training.optimizer, saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
-    training.scaler.load_state_dict(saved["scaler"])
-    restore_this_ranks_rng(saved, seed)
+    if saved["scaler"]:  # empty when saved without fp16 (--precision may change on resume)
+        training.scaler.load_state_dict(saved["scaler"])
+    restore_this_ranks_rng(saved, seed, training.device)
     training.history = saved["history"]
     training.best_val = saved["best_val_accuracy"]
     training.start_epoch = saved["epoch"]
@@ -312,15 +318,15 @@ def restore(training, saved, seed):
             training.partial = training.partial.progress_only()  # rank 0 carries the sums
 
 
-def restore_this_ranks_rng(saved, seed):
+def restore_this_ranks_rng(saved, seed, device):
     """Each rank continues its own random stream (dropout) when the number of processes is
     the one the checkpoint was saved with; otherwise rank 0 takes the saved one and the
     others start fresh streams from the seed, the rank and the epoch."""
     by_rank = saved.get("rng_by_rank") or [saved["rng"]]
     if len(by_rank) == distributed.world_size():
-        ckpt.restore_rng_states(by_rank[distributed.rank()])
+        ckpt.restore_rng_states(by_rank[distributed.rank()], device)
     elif distributed.is_main_process():
-        ckpt.restore_rng_states(by_rank[0])
+        ckpt.restore_rng_states(by_rank[0], device)
     else:
         torch.manual_seed(distributed.mixed_seed(seed, distributed.rank(), saved["epoch"]))
 
@@ -341,7 +347,7 @@ def run_training(experiment, args):
         stop = AgreedStop(request)
         for epoch in range(training.start_epoch, args.epochs):
             train_epoch(training, experiment, args, epoch, stop)
-            if stop():
+            if stop(force=True):
                 raise Interrupted(stop.signum, f"after epoch {epoch + 1} (checkpoint saved in "
                                                f"{training.run_dir.path})")
     if training.start_epoch == args.epochs:  # finished before: refresh its files

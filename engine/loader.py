@@ -47,9 +47,11 @@ class Normalizer:
             images = images.float() / 255
         images = (images - self.mean) / self.std
         if self.image_size is not None and images.shape[-1] != self.image_size:
-            # Upsample batch by batch (for ImageNet-sized models) instead of storing big images.
+            # Upsample batch by batch (for ImageNet-sized models) instead of storing big images;
+            # antialiasing changes only downsampling, and its kernel is the slower one.
             images = F.interpolate(images, size=(self.image_size, self.image_size),
-                                   mode="bilinear", align_corners=False, antialias=True)
+                                   mode="bilinear", align_corners=False,
+                                   antialias=self.image_size < images.shape[-1])
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
@@ -57,8 +59,10 @@ class Normalizer:
 
 def epoch_generators(seed, epoch, rank, device):
     """(order, augmentation) generators of an epoch: the order is the same on every rank
-    (one global shuffle), the augmentation draws are each rank's own."""
-    order = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+    (one global shuffle), the augmentation draws are each rank's own. The order is drawn on
+    the CPU, whose stream is the same on every machine (a CUDA generator's depends on the
+    GPU model), so a run resumed elsewhere, or ranks on mixed GPUs, see one order."""
+    order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     augmentation = torch.Generator(device=device).manual_seed(mixed_seed(seed, epoch, rank))
     return order, augmentation
 
@@ -111,7 +115,7 @@ class DeviceLoader:
         order_generator, generator = epoch_generators(self.seed, self.epoch, self.rank,
                                                       self.device)
         count = len(self.labels)
-        order = (torch.randperm(count, generator=order_generator, device=self.device)
+        order = (torch.randperm(count, generator=order_generator).to(self.device)
                  if self.shuffle else torch.arange(count, device=self.device))
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]

@@ -15,12 +15,29 @@ from engine.device import autocast
 from engine.distributed import min_over_ranks, sum_over_ranks
 
 
-def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, device=None):
-    """SGD with Nesterov momentum; fused kernels on CUDA, foreach elsewhere."""
-    fused = device is not None and device.type == "cuda"
-    return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True,
-                           weight_decay=weight_decay, fused=fused or None,
-                           foreach=None if fused else True)
+def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, fused=False):
+    """SGD with Nesterov momentum: fused kernels (fused=True, for CUDA), foreach otherwise."""
+    optimizer = torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True,
+                                weight_decay=weight_decay, fused=fused or None,
+                                foreach=None if fused else True)
+    if fused:
+        # The fused kernel allocates momentum buffers with empty_like on its first step and
+        # fills them in the kernel, which returns early when GradScaler found an inf (fp16's
+        # first steps usually do): the buffers would keep uninitialised memory. Zeros give
+        # the first step's buf = grad exactly as a fresh buffer does.
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
+
+
+def load_optimizer_state(optimizer, saved_state):
+    """optimizer.load_state_dict(saved_state), keeping this optimizer's fused/foreach choice:
+    a run saved on a CPU and resumed on CUDA must train with CUDA's kernels."""
+    kernels = [{key: group[key] for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved_state)
+    for group, choice in zip(optimizer.param_groups, kernels):
+        group.update(choice)
 
 
 def make_scheduler(optimizer, total_steps, warmup_fraction=0.15):

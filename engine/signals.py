@@ -8,7 +8,7 @@ import contextlib
 import signal
 import threading
 
-from engine.distributed import any_rank
+from engine.distributed import any_rank, is_distributed
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -31,12 +31,19 @@ class StopRequest:
 class AgreedStop:
     """A StopRequest that every rank answers alike: under torchrun a rank that stopped alone
     would leave the others waiting in the next collective. Every rank must call it the same
-    number of times (once per step, once per epoch); in one process it is the request itself."""
+    number of times (once per step, once per epoch); in one process it is the request itself.
+    Under torchrun the ranks agree only every `poll_every` calls (a blocking all_reduce each
+    step would stall the GPU queue), and on every call with force=True (an epoch's end)."""
 
-    def __init__(self, request):
+    def __init__(self, request, poll_every=25):
         self.request = request
+        self.poll_every = poll_every
+        self.calls = 0
 
-    def __call__(self):
+    def __call__(self, force=False):
+        self.calls += 1
+        if is_distributed() and not force and self.calls % self.poll_every:
+            return False
         return any_rank(self.request())
 
     @property

@@ -1,0 +1,108 @@
+"""Pitfalls of the CUDA path that CPU kernels can show: fused SGD under an fp16 GradScaler,
+checkpoints resumed with fewer GPUs, another precision or another device, and how often the
+ranks of a torchrun agree to stop. tests/test_cuda.py checks the rest on a GPU."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.signals
+from conftest import QUICK, run_script
+from engine import checkpoint as ckpt
+from engine.loader import Normalizer
+from engine.loop import load_optimizer_state, make_optimizer
+
+
+def train_with_an_overflow_first(fused, steps=4):
+    """A small model trained with an fp16-style GradScaler whose first step overflows."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    optimizer = make_optimizer(model.parameters(), lr=0.1, weight_decay=5e-4, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    data = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        loss = model(torch.randn(32, 16, generator=data)).square().mean()
+        if step == 0:
+            loss = loss * float("inf")  # as fp16's first steps at the initial scale often do
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return model
+
+
+def test_fused_sgd_after_a_skipped_first_step_trains_as_the_foreach_kernel():
+    # Uninitialised momentum buffers (the fused kernel's empty_like, left unwritten by the
+    # skipped step) sent the weights to ~1e20 by the second step.
+    fused, foreach = train_with_an_overflow_first(True), train_with_an_overflow_first(False)
+    for ours, reference in zip(fused.parameters(), foreach.parameters()):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_optimizer_keeps_the_kernels_of_the_device_it_resumes_on():
+    model = torch.nn.Linear(4, 2)
+    on_cpu = make_optimizer(model.parameters(), lr=0.1, weight_decay=0.0, fused=False)
+    model(torch.randn(3, 4)).sum().backward()
+    on_cpu.step()
+    on_gpu = make_optimizer(model.parameters(), lr=0.1, weight_decay=0.0, fused=True)
+    load_optimizer_state(on_gpu, copy.deepcopy(on_cpu.state_dict()))
+    assert on_gpu.param_groups[0]["fused"] is True and not on_gpu.param_groups[0]["foreach"]
+    assert torch.equal(on_gpu.state[model.weight]["momentum_buffer"],
+                       on_cpu.state[model.weight]["momentum_buffer"])
+
+
+def test_checkpoints_hold_and_restore_the_training_gpus_own_rng_state(monkeypatch):
+    """One state, the training device's: a checkpoint saved with 2 GPUs visible restores
+    where 1 is (get_rng_state_all / set_rng_state_all raised IndexError there)."""
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0", "gpu1"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: seen.update({device: state}))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: seen.update(all=states))
+    states = ckpt.rng_states(torch.device("cuda", 1))
+    assert states["cuda"] == "state of cuda:1"
+    assert "cuda" not in ckpt.rng_states(torch.device("cpu"))
+
+    saved = {"torch": torch.get_rng_state(), "cuda": torch.zeros(16, dtype=torch.uint8)}
+    ckpt.restore_rng_states(saved, torch.device("cuda", 0))
+    assert list(seen) == [torch.device("cuda", 0)] and torch.equal(seen[torch.device("cuda", 0)],
+                                                                   saved["cuda"])
+    seen.clear()
+    ckpt.restore_rng_states({**saved, "cuda": ["gpu0", "gpu1"]}, torch.device("cuda", 0))
+    assert seen == {}  # an older checkpoint's list of every GPU's state is left alone
+
+
+@pytest.mark.parametrize("first, then", [("fp32", "fp16"), ("fp16", "bf16")])
+def test_a_run_resumes_in_another_precision(tmp_path, first, then):
+    """--precision may change on resume; the grad scaler's state is empty without fp16 (and
+    loading it into fp16's enabled scaler raised)."""
+    run = tmp_path / "run"
+    flags = [*QUICK, "--subset", "200", "--val-size", "50", "--epochs", "1", "--out", run]
+    run_script("train_scratch.py", *flags, "--precision", first)
+    resumed = run_script("train_scratch.py", *flags, "--precision", then, "--resume")
+    assert "resuming" in resumed.stdout
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_torchrun_ranks_agree_to_stop_every_few_steps_and_at_every_forced_check(monkeypatch):
+    asked = []
+    monkeypatch.setattr(engine.signals, "is_distributed", lambda: True)
+    monkeypatch.setattr(engine.signals, "any_rank", lambda flag: asked.append(flag) or flag)
+    stop = engine.signals.AgreedStop(lambda: True, poll_every=10)
+    answers = [stop() for _ in range(30)]
+    assert len(asked) == 3 and answers.count(True) == 3 and answers[9] and answers[29]
+    assert stop(force=True) and len(asked) == 4
+
+
+def test_upsampling_skips_antialiasing_which_changes_nothing_but_the_speed():
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    up = Normalizer(*stats, "cpu", image_size=64, channels_last=False)(images)
+    expected = F.interpolate((images / 255 - 0.5) / 0.25, size=(64, 64), mode="bilinear",
+                             align_corners=False, antialias=True)
+    torch.testing.assert_close(up, expected, rtol=0, atol=1e-5)
+    down = Normalizer(*stats, "cpu", image_size=16, channels_last=False)(images)
+    torch.testing.assert_close(down, F.interpolate((images / 255 - 0.5) / 0.25, size=(16, 16),
+                                                   mode="bilinear", antialias=True))
