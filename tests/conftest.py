@@ -64,6 +64,16 @@ def write_image_tree(root, classes=("cat", "dog", "frog"), per_class=(12, 4), si
     return Path(root)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda are skipped where there is no GPU (CI); the GPU check runs them."""
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run by benchmarks/gpu_check.py)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     return write_image_tree(tmp_path / "images")

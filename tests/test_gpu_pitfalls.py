@@ -106,3 +106,14 @@ def test_upsampling_skips_antialiasing_which_changes_nothing_but_the_speed():
     down = Normalizer(*stats, "cpu", image_size=16, channels_last=False)(images)
     torch.testing.assert_close(down, F.interpolate((images / 255 - 0.5) / 0.25, size=(16, 16),
                                                    mode="bilinear", antialias=True))
+
+
+def test_cuda_n_becomes_the_current_device(monkeypatch):
+    """Otherwise bf16 support is asked of GPU 0, and GPU 0 gets a context and stray allocations."""
+    from engine.device import resolve_device
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
