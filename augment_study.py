@@ -17,33 +17,22 @@ from pathlib import Path
 
 import torch
 
-from engine import augment
+from engine import augment, distributed
 from engine.cli import Parser, add_common_args, positive_int
+from engine.configurations import RECIPES, REPORT_ARMS
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment
 from engine.plots import plot_bars, plot_runs, save_image_grid
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import in_points, with_seeds
-from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
+from engine.seeds import histories_by_name, in_points, with_seeds
 from engine.summary import write_summary
-from models import build_model
+from engine.training import Run, load_data, run_args, split_data, train_all
 
-RECIPE = dict(
-    epochs=40,            # ~1,600 steps on 5,000 images
-    batch_size=128,       # small subset: smaller batches give more steps
-    lr=0.05,              # peak one-cycle lr (part (a)'s 0.2 per 512, scaled to 128)
-    weight_decay=5e-4,
-    label_smoothing=0.0,  # no other regulariser beside the arm under study
-)
-REPORT_ARMS = ["rotation", "flip", "color_jitter", "random_resized_crop", "resize",
-               "center_crop", "cutout", "gaussian_blur", "salt_pepper"]
-STUDY_FLAGS = ("arms",)
 GALLERY_IMAGES = 8
 
 
 def get_args_parser():
     parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPE)
+    add_common_args(parser, **RECIPES["augment"])
     parser.set_defaults(subset=5000)
     study = parser.add_argument_group("study")
     study.add_argument("--arms", nargs="+", choices=list(augment.ARMS), default=list(augment.ARMS),
@@ -53,36 +42,33 @@ def get_args_parser():
     return parser
 
 
-def make_experiment(name, args, splits, study_dir):
+def make_run(arm, args, splits, study):
     spec = {"name": "resnet18_cifar", "num_classes": len(splits.classes), "width": args.width,
             "dropout": 0.0, "dropout_at": ["classifier"]}
-    train_transform, eval_transform = augment.arm_transforms(name, len(splits.classes),
-                                                     splits.train.images.shape[-1])
+    train_transform, eval_transform = augment.arm_transforms(arm, len(splits.classes),
+                                                             splits.train.images.shape[-1])
     per_image = getattr(train_transform or eval_transform, "per_image", False)
-    return Experiment(
-        name=name, flags=run_flags(args, STUDY_FLAGS, arm=name),
-        out=run_path(study_dir, name, args),
-        make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
-        train_augment=train_transform, eval_augment=eval_transform,
-        extra_config={"study": "augment", "arm": name, "per_image": per_image})
+    return Run(arm, run_args(args, args.seed, arm=arm), study, spec, splits,
+               train_augment=train_transform, eval_augment=eval_transform,
+               extra_config={"study": "augment", "arm": arm, "per_image": per_image})
 
 
-def run_rows(results):
+def run_rows(runs):
     """One row per run (configuration and seed)."""
     rows = []
-    for result in results:
-        metrics = result.metrics
-        rows.append({"arm": result.name,
-                     "in_report": "yes" if result.name in REPORT_ARMS else "",
+    for run in runs:
+        metrics = run.metrics
+        rows.append({"arm": run.name,
+                     "in_report": "yes" if run.name in REPORT_ARMS else "",
                      "train_accuracy": metrics["train_accuracy"],
                      "test_accuracy": metrics["test_accuracy"],
                      "train_error": 1 - metrics["train_accuracy"],
                      "test_error": 1 - metrics["test_accuracy"],
                      "val_accuracy": metrics["val_accuracy"],
                      "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs"],
-                     "execution": "per image" if result.config["per_image"] else "batched",
-                     "transform": result.config["train_augment"] if result.config["train_augment"]
-                     != "None" else f"{result.config['eval_augment']} (train and test)"})
+                     "execution": "per image" if run.config["per_image"] else "batched",
+                     "transform": run.config["train_augment"] if run.config["train_augment"]
+                     != "None" else f"{run.config['eval_augment']} (train and test)"})
     return rows
 
 
@@ -91,13 +77,13 @@ MEASURED = ("train_accuracy", "test_accuracy", "train_error", "test_error", "val
 REFERENCES = {"none": "vs_none", "standard": "vs_standard"}  # arms every other is set against
 
 
-def summary_rows(results):
+def summary_rows(runs):
     """One row per arm: the mean ± std over its seeds, and its test accuracy against the
     arms of REFERENCES (beyond noise or not)."""
-    runs = run_rows(results)
-    rows = summarise_seeds(runs, "arm", MEASURED)
+    per_run = run_rows(runs)
+    rows = summarise_seeds(per_run, "arm", MEASURED)
     for reference, column in REFERENCES.items():
-        add_comparison(rows, runs, "arm", reference, column)
+        add_comparison(rows, per_run, "arm", reference, column)
     return rows
 
 
@@ -130,9 +116,10 @@ def write_gallery(names, splits, path, seed):
     save_image_grid(rows, path, title="each augmentation applied to the same images")
 
 
-def write_outputs(results, args, splits, study_dir):
-    rows = summary_rows(results)
-    histories = histories_by_name(results)
+def write_outputs(runs, args, study_dir):
+    splits = runs[0].splits  # the gallery shows the first seed's training images
+    rows = summary_rows(runs)
+    histories = histories_by_name(runs)
     plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
               study_dir / "test_accuracy.png", highlight=("none", "standard"),
               errors={row["arm"]: in_points(row["test_accuracy_std"]) for row in rows},
@@ -140,7 +127,8 @@ def write_outputs(results, args, splits, study_dir):
                                f"training images)", args))
     plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
               title="per-arm curves")
-    write_gallery([result.name for result in results], splits, study_dir / "gallery.png", args.seed)
+    write_gallery(list(dict.fromkeys(run.name for run in runs)), splits, study_dir / "gallery.png",
+                  args.seed)
     write_summary(study_dir, rows, COLUMNS, "Augmentation study (tiny CIFAR-10)", notes=[
         f"{len(splits.train)} class-balanced training images, {args.epochs} epochs, final epoch; "
         f"test set: {len(splits.test)} images. Error = 1 − accuracy.",
@@ -156,13 +144,18 @@ def write_outputs(results, args, splits, study_dir):
 
 @exits_cleanly_on_user_error
 def main(args):
-    study_dir = Path(args.out or Path("results") / "augment")
-    return run_seeded_study(
-        args, lambda seed_args, splits: [make_experiment(name, seed_args, splits, study_dir)
-                                         for name in args.arms],
-        # The gallery shows the first seed's training images (each seed draws its own subset).
-        lambda results, experiments: write_outputs(results, args, experiments[0].splits,
-                                                   study_dir), study_dir)
+    study = Path(args.out or Path("results") / "augment")
+    train, test = load_data(args)
+    runs = []
+    for seed in seeds_to_run(args):
+        seed_args = run_args(args, seed, choosing=("arms",))
+        splits = split_data(seed_args, train, test)  # each seed draws its own subset
+        runs += [make_run(arm, seed_args, splits, study) for arm in args.arms]
+    train_all(runs)
+    if distributed.is_main_process():
+        write_outputs(runs, args, study)
+        print(f"summary: {study / 'summary.md'}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -15,23 +15,22 @@ Rerunning the command after an interruption continues it (finished rates are reu
 """
 from pathlib import Path
 
+from engine import distributed
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.configurations import RECIPES
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment
 from engine.plots import plot_lines, plot_runs
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import in_points, with_seeds
-from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
+from engine.seeds import histories_by_name, in_points, with_seeds
 from engine.summary import write_summary
-from models import build_model
+from engine.training import Run, load_data, run_args, split_data, train_all
 from models.resnet import DROPOUT_PLACES
-from train_scratch import RECIPE
 
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
 # The one rate-0 run: every placement's line starts there, every rate is compared with it.
 RATE_ZERO = "rate0.0"
-STUDY_FLAGS = ("rates", "dropout_at")  # the sweep's own flags, not a run's
+STUDY_FLAGS = ("rates", "dropout_at")  # they choose the sweep's runs
 
 
 def placement(text):
@@ -47,7 +46,7 @@ placement.__name__ = "placement (classifier, stage, block, or several joined by 
 
 def get_args_parser():
     parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **{**RECIPE, "epochs": 80})
+    add_common_args(parser, **RECIPES["dropout"])
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--rates", type=fraction, nargs="+", default=DEFAULT_RATES,
                        help="dropout rates to train (default 0.0 0.1 ... 0.5)")
@@ -66,25 +65,23 @@ def planned_runs(rates, placements):
     return runs
 
 
-def make_experiments(args, splits, study_dir):
-    experiments = []
+def make_runs(args, splits, study):
+    runs = []
     for name, place, rate in planned_runs(sorted(set(args.rates)), args.dropout_at):
         spec = {"name": "resnet18_cifar", "num_classes": len(splits.classes), "width": args.width,
                 "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
-        experiments.append(Experiment(
-            name=name, flags=run_flags(args, STUDY_FLAGS, dropout=rate, dropout_at=place),
-            out=run_path(study_dir, name, args), make_model=lambda spec=spec: build_model(spec),
-            model_spec=spec, splits=splits, train_augment=CropFlip(),
-            extra_config={"study": "dropout"}))
-    return experiments
+        runs.append(Run(name, run_args(args, args.seed, STUDY_FLAGS, dropout=rate, dropout_at=place),
+                        study, spec, splits, train_augment=CropFlip(),
+                        extra_config={"study": "dropout"}))
+    return runs
 
 
-def run_rows(results):
+def run_rows(runs):
     """One row per run (rate, placement and seed)."""
     rows = []
-    for result in results:
-        metrics, flags = result.metrics, result.experiment.flags
-        rows.append({"run": result.name, "placement": flags["dropout_at"], "rate": flags["dropout"],
+    for run in runs:
+        metrics, own = run.metrics, run.args
+        rows.append({"run": run.name, "placement": own.dropout_at, "rate": own.dropout,
                      **{key: metrics[key] for key in ("train_accuracy", "val_accuracy",
                                                       "test_accuracy", "test_loss")},
                      "gap": metrics["train_accuracy"] - metrics["test_accuracy"],
@@ -97,12 +94,12 @@ MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss", "gap
             "best_val_accuracy", "seconds_per_epoch")
 
 
-def summary_rows(results):
+def summary_rows(runs):
     """One row per run name: the mean ± std over its seeds, and its test accuracy against
     rate 0 (beyond noise or not)."""
-    runs = run_rows(results)
-    rows = summarise_seeds(runs, "run", MEASURED)
-    add_comparison(rows, runs, "run", RATE_ZERO, "vs_rate0")
+    per_run = run_rows(runs)
+    rows = summarise_seeds(per_run, "run", MEASURED)
+    add_comparison(rows, per_run, "run", RATE_ZERO, "vs_rate0")
     return rows
 
 
@@ -127,10 +124,10 @@ def lines_per_placement(rows, placements, key):
     return lines
 
 
-def write_outputs(results, args, study_dir):
-    rows = summary_rows(results)
-    histories = histories_by_name(results)  # every seed's history, per run name
-    placements = {result.name: result.experiment.flags["dropout_at"] for result in results}
+def write_outputs(runs, args, study_dir):
+    rows = summary_rows(runs)
+    histories = histories_by_name(runs)  # every seed's history, per run name
+    placements = {run.name: run.args.dropout_at for run in runs}
     zero = {name: runs for name, runs in histories.items() if name == RATE_ZERO}
     for place in args.dropout_at:
         own = {**zero, **{name: runs for name, runs in histories.items()
@@ -154,10 +151,17 @@ def write_outputs(results, args, study_dir):
 
 @exits_cleanly_on_user_error
 def main(args):
-    study_dir = Path(args.out or Path("results") / "dropout")
-    return run_seeded_study(
-        args, lambda seed_args, splits: make_experiments(seed_args, splits, study_dir),
-        lambda results, _: write_outputs(results, args, study_dir), study_dir)
+    study = Path(args.out or Path("results") / "dropout")
+    train, test = load_data(args)
+    runs = []
+    for seed in seeds_to_run(args):
+        seed_args = run_args(args, seed)
+        runs += make_runs(seed_args, split_data(seed_args, train, test), study)
+    train_all(runs)
+    if distributed.is_main_process():
+        write_outputs(runs, args, study)
+        print(f"summary: {study / 'summary.md'}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -14,65 +14,30 @@ Why the numbers sit far below the from-scratch CIFAR ResNet (part (a)): ImageNet
     python train_transfer.py --configs scratch pretrained --image-size 224 --epochs 10
     python train_transfer.py --seeds 0 1 2            # mean ± std; each vs scratch, tested
 """
-from dataclasses import dataclass
 from pathlib import Path
 
+from engine import distributed
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
-from engine.distributed import main_first
+from engine.configurations import RECIPES, TRANSFER, TRANSFER_COMPARISONS
 from engine.errors import exits_cleanly_on_user_error
-from engine.experiment import Experiment, training_device
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.study import args_per_seed, histories_by_name, run_flags, run_path
-from engine.study import run_seeded_study
+from engine.seeds import histories_by_name
 from engine.summary import write_summary
+from engine.training import Run, load_data, run_args, split_data, train_all
 from models import build_model
-from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, load_imagenet_state_dict
-from models.transfer import load_weights_file, parameter_groups
-
-RECIPE = dict(
-    epochs=30,            # as the report
-    batch_size=256,       # images per step
-    lr=0.05,              # peak of the one-cycle schedule; fine-tuning wants less than part (a)
-    weight_decay=5e-4,
-    label_smoothing=0.0,
-)
-
-
-@dataclass(frozen=True)
-class Configuration:
-    pretrained: bool
-    head: str
-    freeze_children: int
-    cifar_stem: bool
-    report: tuple  # the report's (train, val, test) accuracy, or () where it has none
-
-
-CONFIGURATIONS = {
-    "scratch": Configuration(False, "linear", 0, False, (0.986, 0.739, 0.738)),
-    "pretrained": Configuration(True, "linear", 0, False, (0.995, 0.811, 0.804)),
-    "frozen-mlp": Configuration(True, "mlp", REPORT_FROZEN_CHILDREN, False, (0.990, 0.792, 0.790)),
-    "frozen-deep": Configuration(True, "deep", REPORT_FROZEN_CHILDREN, False, (0.995, 0.791, 0.792)),
-    "pretrained-cifar-stem": Configuration(True, "linear", 0, True, ()),
-}
-# The report's comparison plots: (file, title, configurations).
-COMPARISONS = [
-    ("compare_pretrained_vs_scratch.png", "ImageNet weights vs random init", ["pretrained", "scratch"]),
-    ("compare_heads.png", "config 1 (mlp) vs config 2 (deep) vs the base model",
-     ["frozen-mlp", "frozen-deep", "scratch"]),
-    ("compare_all.png", "all configurations", list(CONFIGURATIONS)),
-]
-STUDY_FLAGS = ("configs",)
+from models.transfer import count_parameters, load_imagenet_state_dict, load_weights_file
+from models.transfer import parameter_groups
 
 
 def get_args_parser():
     parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPE)
+    add_common_args(parser, **RECIPES["transfer"])
     transfer = parser.add_argument_group("transfer")
-    transfer.add_argument("--configs", nargs="+", choices=list(CONFIGURATIONS),
-                          default=list(CONFIGURATIONS), help="configurations to run (default: all)")
+    transfer.add_argument("--configs", nargs="+", choices=list(TRANSFER),
+                          default=list(TRANSFER), help="configurations to run (default: all)")
     transfer.add_argument("--weights", default="imagenet",
                           help="pretrained weights: imagenet (torchvision's IMAGENET1K_V1, through "
                                "the torch hub cache) or PATH of a resnet18 state dict")
@@ -85,38 +50,35 @@ def get_args_parser():
 
 def check_weights_available(args):
     """Fail before any training if the pretrained weights cannot be had."""
-    if any(CONFIGURATIONS[name].pretrained for name in args.configs):
+    if any(TRANSFER[name].pretrained for name in args.configs):
         if args.weights == "imagenet":
             load_imagenet_state_dict()
         else:
             load_weights_file(args.weights)
 
 
-def make_experiment(name, args, splits, study_dir):
-    configuration = CONFIGURATIONS[name]
+def make_run(name, args, splits, study):
+    configuration = TRANSFER[name]
     spec = {"name": "torchvision_resnet18", "num_classes": len(splits.classes),
             "weights": args.weights if configuration.pretrained else "none",
             "head": configuration.head, "freeze_children": configuration.freeze_children,
             "cifar_stem": configuration.cifar_stem}
-    return Experiment(
-        name=name, flags=run_flags(args, STUDY_FLAGS, config=name),
-        out=run_path(study_dir, name, args),
-        make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
-        train_augment=CropFlip(),
-        param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
-        # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
-        normalization=IMAGENET_STATS if configuration.pretrained else None,
-        image_size=args.image_size, extra_config={"study": "transfer", "configuration": name})
+    return Run(name, run_args(args, args.seed, config=name), study, spec, splits,
+               train_augment=CropFlip(),
+               param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
+               # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
+               normalization=IMAGENET_STATS if configuration.pretrained else None,
+               image_size=args.image_size, extra_config={"study": "transfer", "configuration": name})
 
 
-def run_rows(results):
+def run_rows(runs):
     """One row per run (configuration and seed)."""
     rows = []
-    for result in results:
-        metrics, configuration = result.metrics, CONFIGURATIONS[result.name]
-        trainable, total = count_parameters(build_model(result.config["model"], load_pretrained=False))
+    for run in runs:
+        metrics, configuration = run.metrics, TRANSFER[run.name]
+        trainable, total = count_parameters(build_model(run.model, load_pretrained=False))
         report = dict(zip(("report_train", "report_val", "report_test"), configuration.report))
-        rows.append({"config": result.name,
+        rows.append({"config": run.name,
                      **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
                      **report,
                      "test_minus_report": (metrics["test_accuracy"] - report["report_test"]
@@ -132,12 +94,12 @@ MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_minus_repor
 BASELINE = "scratch"  # random init: what ImageNet weights are worth is measured against it
 
 
-def summary_rows(results):
+def summary_rows(runs):
     """One row per configuration: the mean ± std over its seeds, and its test accuracy
     against scratch (beyond noise or not)."""
-    runs = run_rows(results)
-    rows = summarise_seeds(runs, "config", MEASURED)
-    add_comparison(rows, runs, "config", BASELINE, "vs_scratch")
+    per_run = run_rows(runs)
+    rows = summarise_seeds(per_run, "config", MEASURED)
+    add_comparison(rows, per_run, "config", BASELINE, "vs_scratch")
     return rows
 
 
@@ -152,13 +114,13 @@ COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
            ("seconds_per_epoch", "s/epoch", "{:.1f}"), ("epochs", "epochs", None)]
 
 
-def write_outputs(results, args, study_dir):
-    histories = histories_by_name(results)  # every seed's history, per configuration
-    for file_name, title, names in COMPARISONS:
+def write_outputs(runs, args, study_dir):
+    histories = histories_by_name(runs)  # every seed's history, per configuration
+    for file_name, title, names in TRANSFER_COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
             plot_comparison(chosen, study_dir / file_name, title=title)
-    write_summary(study_dir, summary_rows(results), COLUMNS, "Transfer learning (part (b))", notes=[
+    write_summary(study_dir, summary_rows(runs), COLUMNS, "Transfer learning (part (b))", notes=[
         f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, final epoch; the "
         "report: 30 epochs at 32x32. Accuracies of the report are read off its text.",
         "Frozen = requires_grad off and BatchNorm kept in eval mode (ImageNet statistics fixed); "
@@ -171,14 +133,20 @@ def write_outputs(results, args, study_dir):
 
 @exits_cleanly_on_user_error
 def main(args):
-    study_dir = Path(args.out or Path("results") / "transfer")
-    args_per_seed(args)  # a bad --seeds is refused before weights are fetched
-    training_device(args)  # joins torchrun's processes (if any): rank 0 then downloads first
-    main_first(lambda: check_weights_available(args))
-    return run_seeded_study(
-        args, lambda seed_args, splits: [make_experiment(name, seed_args, splits, study_dir)
-                                         for name in args.configs],
-        lambda results, _: write_outputs(results, args, study_dir), study_dir)
+    study = Path(args.out or Path("results") / "transfer")
+    seeds = seeds_to_run(args)  # a bad --seeds is refused before weights are fetched
+    train, test = load_data(args)  # under torchrun rank 0 first: it then downloads first
+    distributed.main_first(lambda: check_weights_available(args))
+    runs = []
+    for seed in seeds:
+        seed_args = run_args(args, seed, choosing=("configs",))
+        splits = split_data(seed_args, train, test)
+        runs += [make_run(name, seed_args, splits, study) for name in args.configs]
+    train_all(runs)
+    if distributed.is_main_process():
+        write_outputs(runs, args, study)
+        print(f"summary: {study / 'summary.md'}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -498,9 +498,8 @@ def dataset_picture(subject, data_dir=None, index=None, class_wanted=None):
     if config is None:
         raise UserError("--model needs --image PATH: a bare model has no dataset to take an "
                         "image from (use --run DIR for --index / --class)")
-    data_dir = data_dir or config["flags"].get("data_dir", "data")
-    # Exactly as engine.experiment.load_splits loads it (no seed: the synthetic dataset of every
-    # run is the seed-0 one), so the image is one the run was tested on.
+    data_dir = data_dir or config["args"].get("data_dir", "data")
+    # As engine.training.load_data loads it, so the image is one the run was tested on.
     _, test = load_source(config["dataset"], data_dir, image_size=subject.stored_size)
     if class_wanted is None and index is None and DEFAULT_CLASS in test.classes:
         class_wanted = DEFAULT_CLASS

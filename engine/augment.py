@@ -980,7 +980,7 @@ def eval_transform_for_arm(name, image_size=32):
 
 
 def arm_transforms(name, num_classes, image_size=32):
-    """(train_augment, eval_augment) for engine.experiment.Experiment, which applies
+    """(train_augment, eval_augment) for engine.training.Run, which applies
     eval_augment to every split and train_augment after it on training batches only: a
     deterministic arm is therefore given once, as eval_augment (passing ARMS[name] as
     train_augment as well would resize training images twice)."""

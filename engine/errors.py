@@ -38,9 +38,13 @@ def resume_command():
     return f"{words} {shlex.join(argv)}{note}"
 
 
+def is_rank_zero():
+    """torchrun gives every process its RANK (read here: engine.distributed imports this)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def launcher():
-    """(what starts the script, a note after the command). Reads torchrun's variables
-    itself: engine.distributed imports this module."""
+    """(what starts the script, a note after the command), from torchrun's variables."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes == 1:
         return "python", ""
@@ -62,15 +66,14 @@ def exits_cleanly_on_user_error(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        from engine.distributed import is_main_process  # it imports this module
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            if is_main_process():
+            if is_rank_zero():
                 print(f"error: {error}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except Interrupted as stop:
-            if is_main_process():
+            if is_rank_zero():
                 print(str(stop), file=sys.stderr)
             sys.exit(128 + stop.signum)
 

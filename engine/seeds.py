@@ -1,15 +1,6 @@
-"""Repeated runs over seeds: which seeds to run, and what several seeds say.
-
-A study run with --seeds S1 S2 ... trains every configuration once per seed, each in its own
-run directory <configuration>/seed<S>/. This module turns the per-run figures into what a
-reader needs: per configuration the mean, the sample standard deviation (ddof=1) and the
-number of seeds, and for a comparison of two configurations whether their difference is
-larger than run-to-run noise.
-
-The comparison is always of final-epoch test accuracy, one value per seed, by Welch's t-test
-(scipy.stats.ttest_ind with equal_var=False: the two configurations need not have the same
-spread). It needs at least MIN_SEEDS_TO_TEST seeds on both sides; with fewer, the comparison
-says it is a single run (or too few seeds), not whether it is real.
+"""Repeated runs over seeds: which seeds to run; per configuration the mean, sample std
+(ddof=1) and count over seeds; and whether two configurations differ beyond run-to-run
+noise (Welch's t-test on final test accuracy, with at least MIN_SEEDS_TO_TEST seeds a side).
 """
 import math
 import re
@@ -31,25 +22,17 @@ SEED_FOLDER = re.compile(r"seed(\d+)")
 # --- which seeds ---------------------------------------------------------------------------------
 
 def seeds_to_run(args):
-    """The seeds of --seeds, checked; None without --seeds (one run per configuration, in
-    the layout of a plain study)."""
-    seeds = getattr(args, "seeds", None)
-    if seeds is None:
-        return None
-    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if duplicates:
-        raise UserError(f"--seeds lists {', '.join(map(str, duplicates))} more than once: "
+    """The seeds to run: --seeds (each once), else --seed."""
+    if args.seeds is None:
+        return [args.seed]
+    repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+    if repeated:
+        raise UserError(f"--seeds lists {', '.join(map(str, repeated))} more than once: "
                         f"list each seed once")
-    # --seed 0 is the default and cannot be told apart from no --seed; any other --seed
-    # beside --seeds is a contradiction the user should resolve, not us.
-    if args.seed != DEFAULT_SEED:
-        raise UserError(f"--seed {args.seed} and --seeds {' '.join(map(str, seeds))} both choose "
-                        f"the seed: pass --seeds alone (e.g. --seeds {args.seed})")
-    return list(seeds)
-
-
-def seed_folder(seed):
-    return f"seed{seed}"
+    if args.seed != DEFAULT_SEED:  # the default cannot be told apart from no --seed
+        raise UserError(f"--seed {args.seed} and --seeds {' '.join(map(str, args.seeds))} both "
+                        f"choose the seed: pass --seeds alone (e.g. --seeds {args.seed})")
+    return list(args.seeds)
 
 
 def folder_seed(name):
@@ -180,6 +163,14 @@ def comparison_note(references):
             f"not run.")
 
 
+def histories_by_name(runs):
+    """{configuration: [its history per seed]}, in the order the runs came."""
+    histories = {}
+    for run in runs:
+        histories.setdefault(run.name, []).append(run.history)
+    return histories
+
+
 def in_points(fraction):
     """A fraction (an accuracy, or its spread over seeds) in percentage points; None (no
     spread with one seed) stays None."""
@@ -194,7 +185,8 @@ def with_seeds(title, args):
 
 def seeds_note(seeds):
     """The note that says how many seeds each row averages."""
-    if not seeds:
-        return "One run per configuration (one seed): no spread; run with --seeds to measure it."
+    if len(seeds) == 1:
+        return (f"One run per configuration (seed {seeds[0]}): no spread; run with --seeds to "
+                f"measure it.")
     return (f"Seeds {' '.join(map(str, seeds))}: each figure is the mean ± sample standard "
             f"deviation over the finished seeds of its configuration (column seeds).")

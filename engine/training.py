@@ -1,0 +1,543 @@
+"""Runs: the data they share, and each run from start (or checkpoint) to a finished run
+directory, <study>/<configuration>/seed<S>/. A run already finished is reused, an
+interrupted one resumed, a new one trained. Under torchrun every rank runs this code;
+rank 0 decides, writes and prints (engine.distributed).
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torchvision
+
+from engine import atomic, distributed
+from engine import checkpoint as ckpt
+from engine.augment import Compose
+from engine.cli import describe_lr, show_progress
+from engine.device import grad_scaler, resolve_device, resolve_precision
+from engine.errors import Interrupted, UserError
+from engine.loader import DeviceLoader, Normalizer, channel_stats
+from engine.loop import (EpochState, evaluate, load_optimizer_state, make_optimizer,
+                         make_scheduler, train_one_epoch)
+from engine.plots import plot_curves
+from engine.signals import AgreedStop, stop_on_signals
+from engine.sources import load_source, split_validation, take_subset
+from models import build_model
+
+# Settings that do not change what a run computes, so a run may continue with others: like
+# the number of torchrun processes they change how the numbers come out, not the experiment.
+# How the peak lr was reached is recorded, not compared: the resolved lr is.
+RESUME_FREE = {"resume", "overwrite", "no_progress", "device", "compile", "data_dir",
+               "precision", "sync_bn", "lr_base", "lr_reference_batch", "lr_rule"}
+# Settings that choose runs rather than describe one: a run's own args leave them out.
+STUDY_ARGS = {"seeds", "out"}
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "test_loss", "test_accuracy", "seconds", "images_per_second")
+METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
+               "train_loss", "val_loss", "test_loss")
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+@dataclass
+class Splits:
+    train: object
+    val: object
+    test: object
+    dataset: str
+
+    @property
+    def classes(self):
+        return self.train.classes
+
+
+def training_device(args):
+    """--device, or under torchrun this rank's own GPU (joining the process group once)."""
+    return distributed.setup(resolve_device(args.device))
+
+
+def load_data(args):
+    """(train, test) of --dataset; under torchrun rank 0 loads (and downloads) first."""
+    training_device(args)
+    return distributed.main_first(lambda: load_source(args.dataset, args.data_dir))
+
+
+def split_data(args, train, test):
+    """The class-balanced validation split and --subset of args.seed."""
+    val_size = args.val_size
+    if val_size is None:
+        val_size = 5000 if args.dataset.startswith("cifar") else len(train) // 10
+    val = None
+    if val_size > 0:
+        train, val = split_validation(train, val_size, args.seed)
+    if args.subset is not None:
+        train = take_subset(train, args.subset, args.seed)
+    return Splits(train, val, test, args.dataset)
+
+
+# --- a run -----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    name: str                       # its configuration: a folder of the study
+    args: argparse.Namespace        # its settings, seed included: config.json's "args"
+    study: Path                     # the run directory is study/name/seed<S>
+    model: dict                     # the model spec (models.build_model)
+    splits: Splits
+    train_augment: Optional[Callable] = None   # (images, labels, generator) -> (images, targets)
+    eval_augment: Optional[Callable] = None    # deterministic, applied to val/test too
+    param_groups: Optional[Callable] = None    # model -> optimizer param groups
+    normalization: Optional[tuple] = None      # (mean, std); default: the training split's
+    image_size: Optional[int] = None           # model input size if not the stored one
+    extra_config: dict = field(default_factory=dict)
+    # read back from the run directory once trained (on rank 0)
+    metrics: Optional[dict] = None
+    history: Optional[list] = None
+    config: Optional[dict] = None
+
+    @property
+    def path(self):
+        return self.study / self.name / f"seed{self.args.seed}"
+
+    @property
+    def checkpoint(self):
+        return self.path / "checkpoint.pt"
+
+
+def run_args(args, seed, choosing=(), **own):
+    """A run's settings: the command's, less those that choose runs (--seeds, --out and the
+    study's `choosing` flags: --arms, --rates, ...), with its own seed and choices (arm,
+    rate, ...). So adding an arm or a seed to a study leaves the finished runs valid."""
+    kept = {key: value for key, value in vars(args).items()
+            if key not in STUDY_ARGS and key not in choosing}
+    return argparse.Namespace(**{**kept, "seed": seed, **own})
+
+
+def identity(config):
+    """What must match for stored results to belong to a run: settings, model, data
+    (normalised through JSON, so a config read back from config.json compares equal)."""
+    wanted = {"args": {key: value for key, value in config["args"].items()
+                       if key not in RESUME_FREE},
+              "model": config["model"], "dataset": config["dataset"], "classes": config["classes"]}
+    return json.loads(json.dumps(wanted, default=str))
+
+
+def run_identity(run):
+    return identity({"args": vars(run.args), "model": run.model, "dataset": run.splits.dataset,
+                     "classes": run.splits.classes})
+
+
+def check_same_run(saved_config, run):
+    """Refuse to continue (or reuse) a run started with other settings, model or data."""
+    saved, wanted = identity(saved_config), run_identity(run)
+    if saved == wanted:
+        return
+    for section in ("model", "dataset", "classes"):
+        if saved[section] != wanted[section]:
+            raise UserError(f"{run.path} holds a run of another {section} ({saved[section]!r}, "
+                            f"not {wanted[section]!r}): use another --out or --overwrite")
+    old, new = saved["args"], wanted["args"]
+    differing = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    shown = ", ".join(f"--{key.replace('_', '-')} {old.get(key)!r} (now {new.get(key)!r})"
+                      for key in differing[:3])
+    raise UserError(f"the run in {run.path} was started with {shown}: pass the same flags to "
+                    f"continue it, or --overwrite to start again")
+
+
+def check_unique(runs):
+    names = [(run.name, run.args.seed) for run in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"the study lists a configuration twice ({[run.name for run in runs]}): "
+                        f"list each once")
+
+
+# --- reuse, resume or train -----------------------------------------------------------------
+
+def holds_run(path):
+    return any((path / name).exists() for name in RUN_FILES)
+
+
+def check_writable(path):
+    """Try it: permissions alone say nothing for root or on a read-only filesystem."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write to {path}: {existing} is a file; choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {existing} ({error.strerror}): choose another --out") from None
+
+
+def is_finished(run):
+    try:
+        metrics = json.loads((run.path / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # absent, or damaged: let the checkpoint decide
+    return run.checkpoint.is_file() and metrics.get("epochs") == run.args.epochs
+
+
+def plan(run):
+    """"reuse" (finished earlier, same run), "resume" (a checkpoint) or "train"."""
+    if run.args.resume and run.args.overwrite:
+        raise UserError("--resume continues the runs in --out and --overwrite replaces them: "
+                        "pass one of them")
+    if run.path.exists() and not run.path.is_dir():
+        raise UserError(f"{run.path} is a file, not a directory: choose another --out")
+    check_writable(run.path)
+    if run.args.overwrite:
+        return "train"
+    if is_finished(run):
+        check_same_run(json.loads((run.path / "config.json").read_text()), run)
+        return "reuse"
+    if run.checkpoint.is_file():
+        return "resume"
+    if holds_run(run.path):
+        raise UserError(f"{run.path} holds run files but no checkpoint.pt to continue from: "
+                        f"pass --overwrite to replace them, or choose another --out")
+    return "train"
+
+
+def train(run, header=""):
+    """Reuse, resume or train one run; on rank 0 its metrics, history and config are read
+    back into it. Returns the run."""
+    action = distributed.on_main(lambda: plan(run))
+    words = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
+    print_on_main(f"{header}{run.name} seed {run.args.seed}: {words[action]} {run.path}")
+    if action != "reuse":
+        run_training(run, resume=action == "resume")
+    if distributed.is_main_process():
+        run.metrics = json.loads((run.path / "metrics.json").read_text())
+        run.history = read_history(run.path / "history.csv")
+        run.config = json.loads((run.path / "config.json").read_text())
+    return run
+
+
+def train_all(runs):
+    """Every run in order, each headed '[i/n]'; a configuration listed twice is refused."""
+    check_unique(runs)
+    return [train(run, f"[{number}/{len(runs)}] ") for number, run in enumerate(runs, 1)]
+
+
+# --- one run's training ----------------------------------------------------------------------
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def build_config(run, device, precision, mean, std):
+    splits = run.splits
+    return {
+        "args": vars(run.args),
+        "model": run.model,
+        "dataset": splits.dataset,
+        "classes": splits.classes,
+        "num_classes": len(splits.classes),
+        "sizes": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                  "test": len(splits.test)},
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "stored_image_size": splits.train.images.shape[-1],
+        "image_size": run.image_size or splits.train.images.shape[-1],
+        "train_augment": repr(run.train_augment),
+        "eval_augment": repr(run.eval_augment),
+        **run.extra_config,
+        "device": str(device),
+        "precision": precision,
+        "world_size": distributed.world_size(),
+        "torch": str(torch.__version__),  # TorchVersion is not plain data for weights_only
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
+
+
+def compose_optional(*transforms):
+    present = [transform for transform in transforms if transform is not None]
+    return Compose(*present) if len(present) > 1 else (present[0] if present else None)
+
+
+def make_loaders(run, device, normalize):
+    """(train, val or None, test). Under torchrun --batch-size stays the global batch (each
+    rank takes its slice), and each rank evaluates every world_size-th image."""
+    splits, batch_size, seed = run.splits, run.args.batch_size, run.args.seed
+    rank, world_size = distributed.rank(), distributed.world_size()
+    if batch_size % world_size:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size} "
+                        f"processes: use a multiple of {world_size}")
+    if world_size > 1 and len(splits.train) < batch_size:  # one short batch splits unevenly
+        raise UserError(f"{len(splits.train)} training images are fewer than --batch-size "
+                        f"{batch_size}: under torchrun every step takes a full batch; choose "
+                        f"--batch-size {len(splits.train) // world_size * world_size} or less")
+    eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
+
+    def eval_loader(data):
+        share = data.select(slice(rank, None, world_size))  # every image once over all ranks
+        return DeviceLoader(share, eval_batch, device, normalize, shuffle=False, drop_last=False,
+                            augment=run.eval_augment, seed=seed)
+
+    # drop_last: every training batch has one shape (one graph for torch.compile, and
+    # BatchNorm never sees a batch of one).
+    train_loader = DeviceLoader(splits.train, batch_size, device, normalize, shuffle=True,
+                                drop_last=len(splits.train) >= batch_size,
+                                augment=compose_optional(run.eval_augment, run.train_augment),
+                                seed=seed, rank=rank, world_size=world_size)
+    return train_loader, (eval_loader(splits.val) if splits.val else None), eval_loader(splits.test)
+
+
+@dataclass
+class Training:
+    """Everything one run's epochs need, built (or restored) by prepare_training."""
+    run: Run
+    config: dict
+    device: torch.device
+    precision: str
+    model: torch.nn.Module          # the plain module (what checkpoints hold)
+    stepper: torch.nn.Module        # what runs the steps (DDP under torchrun, then compiled)
+    evaluator: torch.nn.Module      # the plain module (compiled): ranks evaluate different
+                                    # numbers of images, which DDP's forward cannot
+    loaders: tuple                  # (train, val or None, test)
+    optimizer: object
+    scheduler: object
+    scaler: object
+    history: list = field(default_factory=list)
+    best_val: float = 0.0
+    start_epoch: int = 0
+    partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
+    clear_old_files: bool = False         # --overwrite: at the first save, not before
+
+    def save(self, epoch, partial=None):
+        """Every rank calls this (their RNG states are gathered); rank 0 writes."""
+        rng_by_rank = distributed.gather_to_main(ckpt.rng_states(self.device))
+        if not distributed.is_main_process():
+            return
+        if self.clear_old_files:
+            for name in RUN_FILES:
+                (self.run.path / name).unlink(missing_ok=True)
+            self.clear_old_files = False
+        ckpt.save_checkpoint(self.run.checkpoint, model=self.model, optimizer=self.optimizer,
+                             scheduler=self.scheduler, scaler=self.scaler, epoch=epoch,
+                             history=self.history, config=self.config,
+                             best_val_accuracy=self.best_val,
+                             partial_epoch=asdict(partial) if partial else None,
+                             rng_by_rank=rng_by_rank)
+
+
+def use_deterministic_algorithms():
+    """--deterministic: the same seed gives the same numbers, run after run (warn_only: a
+    few ops, e.g. adaptive average pooling's CUDA backward, have no deterministic kernel)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def prepare_training(run, resume):
+    args = run.args
+    device = training_device(args)
+    precision = resolve_precision(args.precision, device)
+    if args.deterministic:
+        use_deterministic_algorithms()
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    mean, std = run.normalization or channel_stats(run.splits.train.images)
+    config = build_config(run, device, precision, mean, std)
+    saved = distributed.on_main(lambda: load_run_to_resume(run)) if resume else None
+
+    torch.manual_seed(args.seed)  # model initialisation (the same on every rank) draws from this
+    model = build_model(run.model).to(device, memory_format=torch.channels_last)
+    if distributed.world_size() > 1:
+        torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))  # own dropout
+    loaders = make_loaders(run, device, Normalizer(mean, std, device, image_size=run.image_size))
+    groups = run.param_groups(model) if run.param_groups else model.parameters()
+    optimizer = make_optimizer(groups, args.lr, args.weight_decay, fused=device.type == "cuda")
+    stepper = distributed.wrap_for_training(model, device, args.sync_bn)
+    if args.compile:
+        # A study trains many models in one process: without a reset, each run's graphs pile
+        # up under the same forward() until dynamo's recompile limit sends runs to eager.
+        torch._dynamo.reset()
+        stepper = torch.compile(stepper)
+    evaluator = (stepper if not distributed.is_distributed() else
+                 torch.compile(model) if args.compile else model)
+    training = Training(run, config, device, precision, model, stepper, evaluator, loaders,
+                        optimizer, make_scheduler(optimizer, args.epochs * len(loaders[0])),
+                        grad_scaler(device, precision), clear_old_files=args.overwrite)
+    if saved is not None:
+        restore(training, saved)  # every rank loads the same state
+        where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
+                 else f"epoch {training.start_epoch}")
+        print_on_main(f"resuming {run.path} after {where} of {args.epochs}")
+    return training
+
+
+def load_run_to_resume(run):
+    saved = ckpt.load_checkpoint(run.checkpoint)
+    check_same_run(saved["config"], run)
+    return saved
+
+
+def restore(training, saved):
+    training.model.load_state_dict(saved["model"])
+    load_optimizer_state(training.optimizer, saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    if saved["scaler"]:  # empty when saved without fp16 (--precision may change on resume)
+        training.scaler.load_state_dict(saved["scaler"])
+    restore_this_ranks_rng(saved, training.run.args.seed, training.device)
+    training.history = saved["history"]
+    training.best_val = saved["best_val_accuracy"]
+    training.start_epoch = saved["epoch"]
+    if saved.get("partial_epoch"):
+        training.partial = EpochState(**saved["partial_epoch"])
+        if not distributed.is_main_process():
+            training.partial = training.partial.progress_only()  # rank 0 carries the sums
+
+
+def restore_this_ranks_rng(saved, seed, device):
+    """Each rank continues its own random stream (dropout) when the number of processes is
+    the one the checkpoint was saved with; otherwise rank 0 takes the saved one and the
+    others start fresh streams from the seed, the rank and the epoch."""
+    by_rank = saved.get("rng_by_rank") or [saved["rng"]]
+    if len(by_rank) == distributed.world_size():
+        ckpt.restore_rng_states(by_rank[distributed.rank()], device)
+    elif distributed.is_main_process():
+        ckpt.restore_rng_states(by_rank[0], device)
+    else:
+        torch.manual_seed(distributed.mixed_seed(seed, distributed.rank(), saved["epoch"]))
+
+
+def print_on_main(text):
+    if distributed.is_main_process():
+        print(text, flush=True)
+
+
+def run_training(run, resume=False):
+    """Train (or resume) one run to its last epoch. SIGINT/SIGTERM finish the current step,
+    save a checkpoint (mid-epoch if need be) and raise Interrupted; a non-finite loss raises
+    UserError, keeping the last good checkpoint."""
+    training = prepare_training(run, resume)
+    args = run.args
+    print_on_main(f"{run.name}: {describe_lr(vars(args))}")
+    with stop_on_signals() as request:
+        stop = AgreedStop(request)
+        for epoch in range(training.start_epoch, args.epochs):
+            train_epoch(training, epoch, stop)
+            if stop(force=True):
+                raise Interrupted(stop.signum, f"after epoch {epoch + 1} (checkpoint saved in "
+                                               f"{run.path})")
+    if training.start_epoch == args.epochs:  # finished before: refresh its files
+        write_run_files(training)
+    metrics = final_metrics(training.history, training.best_val)
+    print_on_main(f"done {run.name}: accuracy train {metrics['train_accuracy']:.4f} "
+                  f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
+                  f"{format_seconds(metrics['train_seconds'])} -> {run.path}")
+    return metrics
+
+
+def train_epoch(training, epoch, stop):
+    """One epoch: train, check, evaluate, then save the checkpoint and every run file."""
+    run, args = training.run, training.run.args
+    train_loader, val_loader, test_loader = training.loaders
+    train_loader.set_epoch(epoch)
+    start, training.partial = training.partial, None
+    state = train_one_epoch(training.stepper, train_loader, training.optimizer,
+                            training.scheduler, training.scaler, device=training.device,
+                            precision=training.precision, label_smoothing=args.label_smoothing,
+                            progress=show_progress(args) and distributed.is_main_process(),
+                            should_stop=stop, start=start,
+                            description=f"{run.name} epoch {epoch + 1}/{args.epochs}")
+    state = state.summed_over_ranks()
+    if state.first_bad_step >= 0:
+        raise UserError(f"training diverged in epoch {epoch + 1} at step {state.first_bad_step + 1}"
+                        f" (the loss is not finite): lower --lr (now {args.lr:g}); the last good "
+                        f"checkpoint is kept in {run.path}")
+    if not state.finished:
+        training.save(epoch, partial=state)
+        raise Interrupted(stop.signum, f"in epoch {epoch + 1} after step {state.step} of "
+                                       f"{len(train_loader)} (checkpoint saved in {run.path})")
+    evaluate_started = time.perf_counter()
+    distributed.sync_buffers(training.model)  # one model on every rank, as the checkpoint
+    val = (evaluate(training.evaluator, val_loader, device=training.device,
+                    precision=training.precision) if val_loader is not None
+           else {"loss": float("nan"), "accuracy": float("nan"), "images": 0})
+    test = evaluate(training.evaluator, test_loader, device=training.device,
+                    precision=training.precision)
+    training.history.append({
+        "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
+        "train_loss": state.loss, "train_accuracy": state.accuracy,
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+        "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+        "seconds": state.seconds + time.perf_counter() - evaluate_started,
+        "images_per_second": state.seen / state.seconds,
+        "val_images": val["images"], "test_images": test["images"],
+    })
+    if val_loader is not None:  # (an empty share of a tiny split is still a loader)
+        training.best_val = max(training.best_val, val["accuracy"])
+    training.save(epoch + 1)
+    write_run_files(training)
+    print_on_main(epoch_line(training.history[-1], args.epochs))
+
+
+# --- the run directory's files ---------------------------------------------------------------
+
+def write_run_files(training):
+    """config.json, history.csv, metrics.json and curves.png, atomically (rank 0 only)."""
+    if not distributed.is_main_process():
+        return
+    path, history = training.run.path, training.history
+    atomic.write_json(path / "config.json", training.config)
+    buffer = io.StringIO()
+    # Rows carry more than the file's columns (the evaluated image counts).
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_text(path / "history.csv", buffer.getvalue())
+    atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
+    plot_curves(history, path / "curves.png", title=training.run.name)
+
+
+def final_metrics(history, best_val_accuracy):
+    last = history[-1]
+    metrics = {key: last[key] for key in METRIC_KEYS}
+    metrics.update(best_val_accuracy=best_val_accuracy, epochs=last["epoch"],
+                   train_seconds=sum(row["seconds"] for row in history))
+    # How many images the last evaluation counted (summed over ranks under torchrun).
+    metrics.update({key: last[key] for key in ("val_images", "test_images") if key in last})
+    return metrics
+
+
+def read_history(path):
+    """history.csv as a list of dicts of numbers (epoch as int)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
+            for row in rows]
+
+
+def epoch_line(row, epochs):
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4f}  "
+            f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
+            f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "
+            f"test {row['test_loss']:.3f} / {100 * row['test_accuracy']:.2f}%  "
+            f"{row['images_per_second']:.0f} img/s")
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
