@@ -225,7 +225,7 @@ def part_scripts(check, mode):
     }
     if mode == "fp16":
         commands["visualize_activations"] = ["visualize_activations.py", "--run",
-                                             "results/scratch/synthetic_seed0"]
+                                             "results/scratch/synthetic/seed0"]
         commands["report"] = ["report.py", "--results", "results"]
     seconds = {}
     for name, command in commands.items():
@@ -248,7 +248,7 @@ def torchrun(check):
                            "--dataset", "synthetic", "--epochs", "1", "--sync-bn", "--no-progress",
                            "--device", check.device.type, *sizes, "--out", out], REPO,
                           check.timeout(), env={"OMP_NUM_THREADS": "1"})
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "synthetic" / "seed0" / "metrics.json").read_text())
     return {"processes": processes, "seconds": seconds, "test_accuracy": metrics["test_accuracy"]}
 
 

@@ -210,10 +210,9 @@ def plan(run):
     return "train"
 
 
-def train(run, header=""):
-    """Reuse, resume or train one run; on rank 0 its metrics, history and config are read
-    back into it. Returns the run."""
-    action = distributed.on_main(lambda: plan(run))
+def train(run, action, header=""):
+    """Reuse, resume or train one run as `action` says; on rank 0 its metrics, history and
+    config are then read back into it."""
     words = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
     print_on_main(f"{header}{run.name} seed {run.args.seed}: {words[action]} {run.path}")
     if action != "reuse":
@@ -226,9 +225,15 @@ def train(run, header=""):
 
 
 def train_all(runs):
-    """Every run in order, each headed '[i/n]'; a configuration listed twice is refused."""
+    """Every run in order, each headed '[i/n]'. Every run's plan is made (and any refusal
+    raised) before the first is trained; rank 0 makes them and every rank follows."""
     check_unique(runs)
-    return [train(run, f"[{number}/{len(runs)}] ") for number, run in enumerate(runs, 1)]
+    actions = distributed.on_main(lambda: [plan(run) for run in runs])
+    if runs[0].args.resume and set(actions) == {"train"}:
+        raise UserError(f"--resume: no run to continue in {runs[0].study} (no checkpoint.pt "
+                        f"there): drop --resume to start, or point --out at the study to continue")
+    return [train(run, action, f"[{number}/{len(runs)}] ")
+            for number, (run, action) in enumerate(zip(runs, actions), 1)]
 
 
 # --- one run's training ----------------------------------------------------------------------
@@ -500,15 +505,19 @@ def write_run_files(training):
         return
     path, history = training.run.path, training.history
     atomic.write_json(path / "config.json", training.config)
+    write_history(path / "history.csv", history)
+    atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
+    plot_curves(history, path / "curves.png", title=training.run.name)
+
+
+def write_history(path, history):
     buffer = io.StringIO()
     # Rows carry more than the file's columns (the evaluated image counts).
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n",
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    atomic.write_text(path / "history.csv", buffer.getvalue())
-    atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
-    plot_curves(history, path / "curves.png", title=training.run.name)
+    atomic.write_text(path, buffer.getvalue())
 
 
 def final_metrics(history, best_val_accuracy):

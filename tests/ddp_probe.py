@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-import engine.experiment  # noqa: E402
+import engine.training  # noqa: E402
 
 PROBE_DIR = Path(os.environ["PROBE_DIR"])
 RANK = os.environ.get("RANK", "0")
@@ -28,14 +28,14 @@ def logged_replace(source, destination, _replace=os.replace):
     _replace(source, destination)
 
 
-def kept_training(*args, _prepare=engine.experiment.prepare_training, **kwargs):
+def kept_training(*args, _prepare=engine.training.prepare_training, **kwargs):
     training = _prepare(*args, **kwargs)
     trainings.append(training)
     return training
 
 
 os.replace = logged_replace
-engine.experiment.prepare_training = kept_training
+engine.training.prepare_training = kept_training
 script, sys.argv = sys.argv[1], sys.argv[1:]
 try:
     runpy.run_path(str(REPO / script), run_name="__main__")

@@ -22,13 +22,14 @@ def study(tmp_path_factory):
 def test_every_run_the_table_and_the_plots_are_written(study):
     out, _ = study
     for arm in ARMS:
-        assert (out / arm / "metrics.json").is_file() and (out / arm / "checkpoint.pt").is_file()
+        run = out / arm / "seed0"
+        assert (run / "metrics.json").is_file() and (run / "checkpoint.pt").is_file()
     for plot in ("test_accuracy.png", "curves.png", "gallery.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     with open(out / "summary.csv", newline="") as handle:
         rows = {row["arm"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ARMS
-    metrics = json.loads((out / "mixup" / "metrics.json").read_text())
+    metrics = json.loads((out / "mixup" / "seed0" / "metrics.json").read_text())
     assert float(rows["mixup"]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     assert float(rows["mixup"]["test_error"]) == pytest.approx(1 - metrics["test_accuracy"])
     assert rows["trivialaugment"]["execution"] == "per image"
@@ -39,7 +40,7 @@ def test_every_run_the_table_and_the_plots_are_written(study):
 
 def test_deterministic_arms_apply_at_test_time_and_not_twice_in_training(study):
     out, _ = study
-    config = json.loads((out / "center_crop" / "config.json").read_text())
+    config = json.loads((out / "center_crop" / "seed0" / "config.json").read_text())
     assert config["train_augment"] == "None" and config["eval_augment"] != "None"
     train, evaluate = augment.arm_transforms("center_crop", 10, 32)
     assert train is None and evaluate is not None

@@ -79,19 +79,19 @@ def history(run):
 
 def test_a_run_killed_mid_epoch_on_the_gpu_resumes_to_the_same_weights(tmp_path):
     """Dropout and augmentation draw on the GPU: the checkpoint restores its generator."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    run_script("train_scratch.py", *RUN, "--out", straight)
-    process = start_script("train_scratch.py", *RUN, "--out", stopped, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run_script("train_scratch.py", *RUN, "--out", tmp_path / "straight")
+    process = start_script("train_scratch.py", *RUN, "--out", tmp_path / "stopped",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("epoch   1/2"):
             break
     time.sleep(0.2)
     process.terminate()
     process.communicate(timeout=300)
+    straight, stopped = (tmp_path / name / "synthetic" / "seed5" for name in ("straight", "stopped"))
     saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] > 0, "not stopped mid-epoch"
-    run_script("train_scratch.py", *RUN, "--out", stopped, "--resume")
+    run_script("train_scratch.py", *RUN, "--out", tmp_path / "stopped", "--resume")
     assert history(stopped) == history(straight)
     a = torch.load(stopped / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]

@@ -9,7 +9,7 @@ from engine.augment import CropFlip
 from engine.errors import UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.sources import ImageData, load_cifar, load_image_folder, make_synthetic
-from engine.split import split_validation, take_subset
+from engine.sources import split_validation, take_subset
 
 
 # --- synthetic -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from conftest import QUICK, REPO, run_script, script_environment, start_script
 from engine.distributed import convert_sync_batchnorm
 from engine.loader import DeviceLoader, epoch_generators
-from engine.rundir import RUN_FILES
+from engine.training import RUN_FILES
 from engine.sources import ImageData
 from models import build_model
 from models.transfer import EvalModeBatchNorm2d
@@ -49,6 +49,11 @@ def finish(process, timeout=300):
         stdout, stderr = process.communicate()
         raise AssertionError(f"still running after {timeout} s:\n{stdout}\n{stderr}") from None
     return process.returncode, stdout, stderr
+
+
+def run_of(study):
+    """train_scratch.py's run directory in its study folder (--out)."""
+    return study / "synthetic" / "seed0"
 
 
 def probed_run(probe_dir, *flags):
@@ -95,8 +100,9 @@ def test_each_rank_draws_its_own_augmentation_from_the_seed():
 
 
 def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(tmp_path):
-    out, probe = tmp_path / "ddp", tmp_path / "probe"
-    stdout = probed_run(probe, *SMALL, "--epochs", "4", "--out", out)
+    probe = tmp_path / "probe"
+    stdout = probed_run(probe, *SMALL, "--epochs", "4", "--out", tmp_path / "ddp")
+    out = run_of(tmp_path / "ddp")
 
     # Rank 0 alone wrote, and wrote every run file; rank 1 wrote nothing.
     assert not (probe / "writes.rank1").exists()
@@ -127,7 +133,7 @@ def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(
     # epochs); the ranks' different augmentation and BatchNorm batches change the numbers
     # a little, not the outcome.
     run_script("train_scratch.py", *SMALL, "--epochs", "4", "--out", tmp_path / "single")
-    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    single = json.loads((run_of(tmp_path / "single") / "metrics.json").read_text())
     assert single["test_images"] == TEST_IMAGES
     assert metrics["test_accuracy"] >= 0.85 and single["test_accuracy"] >= 0.85
     assert abs(metrics["test_accuracy"] - single["test_accuracy"]) <= 0.1
@@ -166,13 +172,13 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
 
     stopped = tmp_path / "stopped"
     process = torchrun("train_scratch.py", *flags, "--out", stopped)
-    wait_for_epochs(stopped / "history.csv", 1, process)
+    wait_for_epochs(run_of(stopped) / "history.csv", 1, process)
     process.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     code, _, stderr = finish(process)
     assert code != 0
     assert "continue with: torchrun --standalone --nproc_per_node=2 " in stderr
     assert stderr.count("interrupted by SIGTERM") == 1  # rank 0 alone reports
-    saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    saved = torch.load(run_of(stopped) / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] < 3
     shutil.copytree(stopped, tmp_path / "single")
 
@@ -181,8 +187,8 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
     assert code == 0, stderr
     assert "resuming" in stdout
     assert finish(straight)[0] == 0
-    resumed = torch.load(stopped / "checkpoint.pt", weights_only=True)["model"]
-    reference = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    resumed = torch.load(run_of(stopped) / "checkpoint.pt", weights_only=True)["model"]
+    reference = torch.load(run_of(tmp_path / "straight") / "checkpoint.pt", weights_only=True)["model"]
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
 
@@ -191,7 +197,7 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     code, stdout, stderr = finish(single)
     assert code == 0, stderr
-    metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    metrics = json.loads((run_of(tmp_path / "single") / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["test_images"] == TEST_IMAGES
 
 
@@ -203,7 +209,7 @@ def test_a_split_smaller_than_the_number_of_processes_is_still_evaluated(tmp_pat
                                       "--val-size", "1", "--epochs", "1", "--out", out),
                              timeout=120)
     assert code == 0, stderr
-    assert json.loads((out / "metrics.json").read_text())["val_images"] == 1
+    assert json.loads((run_of(out) / "metrics.json").read_text())["val_images"] == 1
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -229,8 +235,8 @@ def test_a_study_runs_under_torchrun_and_its_rerun_reuses_the_finished_runs(tmp_
              "--arms", "none", "flip", "--out", out]
     code, stdout, stderr = finish(torchrun(*flags))
     assert code == 0, stderr
-    assert (out / "summary.md").is_file() and (out / "flip" / "checkpoint.pt").is_file()
-    assert stdout.count("[2/2] flip: training") == 1  # rank 0 alone reports
+    assert (out / "summary.md").is_file() and (out / "flip" / "seed0" / "checkpoint.pt").is_file()
+    assert stdout.count("[2/2] flip seed 0: training") == 1  # rank 0 alone reports
 
     code, stdout, stderr = finish(torchrun(*flags))  # rank 0 decides, both ranks follow
     assert code == 0, stderr
@@ -255,6 +261,6 @@ def test_two_machines_meet_at_a_rendezvous_endpoint(tmp_path):
                 for node in (0, 1)]
     outcomes = [finish(machine) for machine in machines]
     assert [code for code, _, _ in outcomes] == [0, 0], outcomes
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((run_of(out) / "metrics.json").read_text())
     assert (metrics["val_images"], metrics["test_images"]) == (100, TEST_IMAGES)
-    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert json.loads((run_of(out) / "config.json").read_text())["world_size"] == 2

@@ -38,15 +38,15 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
                "block+stage", "--out", study)
     runs = ["rate0.0", "classifier_rate0.3", "stage+block_rate0.3"]
     for name in runs:
-        assert sorted(p.name for p in (study / name).iterdir()) == [
+        assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
             "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
-    model = json.loads((study / "stage+block_rate0.3" / "config.json").read_text())["model"]
+    model = json.loads((study / "stage+block_rate0.3" / "seed0" / "config.json").read_text())["model"]
     assert model["dropout"] == 0.3 and model["dropout_at"] == ["stage", "block"]
     for plot in ("curves_classifier.png", "curves_stage+block.png", "rate_summary.png"):
         assert (study / plot).read_bytes()[:4] == b"\x89PNG"
     rows = summary(study)
     assert [row["run"] for row in rows] == runs
-    metrics = json.loads((study / "classifier_rate0.3" / "metrics.json").read_text())
+    metrics = json.loads((study / "classifier_rate0.3" / "seed0" / "metrics.json").read_text())
     row = rows[1]
     assert float(row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     assert float(row["gap"]) == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
@@ -59,19 +59,19 @@ def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     args = [*SWEEP, "--rates", "0", "0.2", "--out", str(study)]
     process = start_script("dropout_sweep.py", *args, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    second = study / "classifier_rate0.2" / "history.csv"
+    second = study / "classifier_rate0.2" / "seed0" / "history.csv"
     deadline = time.monotonic() + 300
     while not (second.exists() and len(second.read_text().splitlines()) >= 2):
         assert process.poll() is None and time.monotonic() < deadline, "sweep ended too soon"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = study / "rate0.0" / "checkpoint.pt"
+    finished = study / "rate0.0" / "seed0" / "checkpoint.pt"
     stamp = finished.stat().st_mtime_ns
 
     result = run_script("dropout_sweep.py", *args)
-    assert "rate0.0: finished earlier, reusing" in result.stdout
-    assert "classifier_rate0.2: resuming" in result.stdout
+    assert "rate0.0 seed 0: finished earlier, reusing" in result.stdout
+    assert "classifier_rate0.2 seed 0: resuming" in result.stdout
     assert "resuming " in result.stdout and "after epoch 1 of 2" in result.stdout
     assert finished.stat().st_mtime_ns == stamp  # not retrained
     assert [row["epochs"] for row in summary(study)] == ["2", "2"]
@@ -79,7 +79,7 @@ def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     # Asking for the same runs with other flags is refused, not silently reused.
     changed = run_script("dropout_sweep.py", *args[:-2], "--lr", "0.1", "--out", study, check=False)
     assert changed.returncode == 2
-    assert "started with --lr 0.2 (now 0.1)" in changed.stderr and "--overwrite" in changed.stderr
+    assert "started with --lr 0.025 (now 0.1)" in changed.stderr and "--overwrite" in changed.stderr
 
 
 def test_bad_rates_are_refused(tmp_path):

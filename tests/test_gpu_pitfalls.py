@@ -78,12 +78,13 @@ def test_checkpoints_hold_and_restore_the_training_gpus_own_rng_state(monkeypatc
 def test_a_run_resumes_in_another_precision(tmp_path, first, then):
     """--precision may change on resume; the grad scaler's state is empty without fp16 (and
     loading it into fp16's enabled scaler raised)."""
-    run = tmp_path / "run"
-    flags = [*QUICK, "--subset", "200", "--val-size", "50", "--epochs", "1", "--out", run]
+    flags = [*QUICK, "--subset", "200", "--val-size", "50", "--epochs", "1", "--out", tmp_path]
     run_script("train_scratch.py", *flags, "--precision", first)
+    metrics = tmp_path / "synthetic" / "seed0" / "metrics.json"
+    metrics.unlink()  # not finished, then: the checkpoint is restored
     resumed = run_script("train_scratch.py", *flags, "--precision", then, "--resume")
     assert "resuming" in resumed.stdout
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert json.loads(metrics.read_text())["epochs"] == 1
 
 
 def test_torchrun_ranks_agree_to_stop_every_few_steps_and_at_every_forced_check(monkeypatch):

@@ -20,12 +20,17 @@ from conftest import QUICK, REPO, run_script, start_script
 from engine import atomic
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import UserError
-from engine.rundir import RunDirectory
 from engine.sources import load_image_folder
 from engine.summary import write_summary
+from engine.training import use_deterministic_algorithms, write_history
 
 RUN = [*QUICK[:4], "--batch-size", "32", "--no-progress", "--subset", "1280", "--val-size", "100",
        "--epochs", "2", "--seed", "3"]
+
+
+def run_of(study):
+    """The run directory of RUN in its study folder (--out)."""
+    return study / "synthetic" / "seed3"
 
 
 def history_rows(run):
@@ -42,18 +47,18 @@ def same_weights(run_a, run_b):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("straight") / "run"
-    run_script("train_scratch.py", *RUN, "--out", run)
-    return run
+    study = tmp_path_factory.mktemp("straight") / "study"
+    run_script("train_scratch.py", *RUN, "--out", study)
+    return run_of(study)
 
 
-def interrupt_mid_epoch_two(run, signum):
+def interrupt_mid_epoch_two(study, signum):
     """Start the run, wait until epoch 2 has begun, send `signum`; return (exit code, stderr).
 
     The run prints its epoch-1 line after every epoch-1 file is written, so the signal sent
     just after that line lands inside epoch 2 (40 steps) on a fast machine as on a slow one.
     """
-    process = start_script("train_scratch.py", *RUN, "--out", run, stdout=subprocess.PIPE,
+    process = start_script("train_scratch.py", *RUN, "--out", study, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("epoch   1/2"):
@@ -67,18 +72,18 @@ def interrupt_mid_epoch_two(run, signum):
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(
         tmp_path, straight_run, signum, code):
-    run = tmp_path / "run"
-    returncode, stderr = interrupt_mid_epoch_two(run, signum)
+    study, run = tmp_path / "study", run_of(tmp_path / "study")
+    returncode, stderr = interrupt_mid_epoch_two(study, signum)
     assert returncode == code
     assert f"interrupted by {signal.Signals(signum).name}" in stderr
     command = stderr.split("continue with: ")[1]
     assert command.startswith("python ") and "train_scratch.py" in command
-    assert command.strip().endswith("--resume") and f"--out {run}" in command
+    assert command.strip().endswith("--resume") and f"--out {study}" in command
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] > 0  # mid-epoch 2
     assert len(history_rows(run)) == 1  # the finished epoch is kept
 
-    resumed = run_script("train_scratch.py", *RUN, "--out", run, "--resume")
+    resumed = run_script("train_scratch.py", *RUN, "--out", study, "--resume")
     assert f"after epoch 2 step {saved['partial_epoch']['step']}" in resumed.stdout
     assert history_rows(run) == history_rows(straight_run)
     assert same_weights(run, straight_run)
@@ -121,17 +126,16 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
 
 
 def test_a_crash_while_writing_history_or_summary_keeps_the_previous_version(tmp_path, monkeypatch):
-    run = RunDirectory(tmp_path)
     row = {key: 1 for key in ("epoch", "lr", "train_loss", "train_accuracy", "val_loss",
                               "val_accuracy", "test_loss", "test_accuracy", "seconds",
                               "images_per_second")}
-    run.write_history([row])
+    write_history(tmp_path / "history.csv", [row])
     write_summary(tmp_path, [{"a": 1}], [("a", "a", None)], "title")
     before = {name: (tmp_path / name).read_text() for name in ("history.csv", "summary.csv",
                                                                "summary.md")}
     _fail_midway(monkeypatch, pathlib.Path, "write_text")
     with pytest.raises(OSError):
-        run.write_history([row, {**row, "epoch": 2}])
+        write_history(tmp_path / "history.csv", [row, {**row, "epoch": 2}])
     with pytest.raises(OSError):
         write_summary(tmp_path, [{"a": 2}], [("a", "a", None)], "title")
     assert {name: (tmp_path / name).read_text() for name in before} == before
@@ -162,9 +166,9 @@ def test_a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_epo
         return loss * float("inf") if calls["count"] == 40 + 3 else loss  # epoch 2, step 3
 
     monkeypatch.setattr(engine.loop, "soft_or_hard_loss", loss_that_explodes_in_epoch_two)
-    run = tmp_path / "run"
     with pytest.raises(SystemExit) as stopped:
-        train_scratch.main(train_scratch.get_args_parser().parse_args([*RUN, "--out", str(run)]))
+        train_scratch.main(train_scratch.get_args_parser().parse_args([*RUN, "--out", str(tmp_path)]))
+    run = run_of(tmp_path)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.count("\n") == 1
     assert "diverged in epoch 2 at step 3" in err and "lower --lr" in err
@@ -191,8 +195,8 @@ def test_every_torch_load_in_the_project_is_weights_only():
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
+    run = run_of(tmp_path / "study")
+    run.mkdir(parents=True)
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -202,7 +206,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(tmp_path, ca
     torch.save({"model": Payload()}, run / "checkpoint.pt")
     with pytest.raises(SystemExit) as stopped:
         train_scratch.main(train_scratch.get_args_parser().parse_args(
-            [*RUN, "--out", str(run), "--resume"]))
+            [*RUN, "--out", str(tmp_path / "study"), "--resume"]))
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and "refusing to load" in err and "it calls getattr" in err
     assert not marker.exists()
@@ -295,19 +299,19 @@ def test_an_unwritable_out_is_reported_before_training(tmp_path, capsys):
 # --- determinism --------------------------------------------------------------------------
 
 def test_deterministic_runs_repeat_exactly(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    for run in (first, second):
-        run_script("train_scratch.py", *RUN, "--epochs", "1", "--deterministic", "--out", run)
+    for study in ("first", "second"):
+        run_script("train_scratch.py", *RUN, "--epochs", "1", "--deterministic", "--out",
+                   tmp_path / study)
+    first, second = run_of(tmp_path / "first"), run_of(tmp_path / "second")
     assert history_rows(first) == history_rows(second)
     assert same_weights(first, second)
-    assert json.loads((first / "config.json").read_text())["flags"]["deterministic"] is True
+    assert json.loads((first / "config.json").read_text())["args"]["deterministic"] is True
 
 
 def test_deterministic_mode_switches_torch_to_deterministic_algorithms():
-    from engine.experiment import use_deterministic_algorithms
     before = torch.are_deterministic_algorithms_enabled()
     try:
-        use_deterministic_algorithms(torch.device("cpu"))
+        use_deterministic_algorithms()
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:

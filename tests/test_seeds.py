@@ -80,7 +80,7 @@ def test_seeds_flags_are_checked(tmp_path):
     def args(seed=0, seeds_=None):
         return train_scratch.get_args_parser().parse_args(
             ["--seed", str(seed), *(["--seeds", *map(str, seeds_)] if seeds_ else [])])
-    assert seeds.seeds_to_run(args()) is None
+    assert seeds.seeds_to_run(args()) == [0] and seeds.seeds_to_run(args(seed=4)) == [4]
     assert seeds.seeds_to_run(args(seeds_=[2, 0])) == [2, 0]
     with pytest.raises(UserError, match="list each seed once"):
         seeds.seeds_to_run(args(seeds_=[0, 1, 1]))
@@ -179,8 +179,9 @@ def test_a_two_seed_sweep_writes_every_seed_and_a_mean_std_summary(sweep):
             run = out / arm / f"seed{seed}"
             assert sorted(path.name for path in run.iterdir()) == [
                 "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
-            flags = json.loads((run / "config.json").read_text())["flags"]
-            assert flags["seed"] == seed and flags["arm"] == arm and "seeds" not in flags
+            settings = json.loads((run / "config.json").read_text())["args"]
+            assert settings["seed"] == seed and settings["arm"] == arm
+            assert "seeds" not in settings and "arms" not in settings
     assert "[1/4] none seed 0: training" in result.stdout  # seed by seed
     assert "[2/4] flip seed 0: training" in result.stdout
     assert "[4/4] flip seed 1: training" in result.stdout
@@ -235,11 +236,11 @@ def test_train_scratch_over_seeds_writes_a_folder_of_seeds_and_a_summary(tmp_pat
     out = tmp_path / "scratch"
     result = run_script("train_scratch.py", *SWEEP, "--seeds", "0", "1", "--out", out)
     for seed in (0, 1):
-        flags = json.loads((out / f"seed{seed}" / "config.json").read_text())["flags"]
-        assert flags["seed"] == seed and "seeds" not in flags
-    assert "[2/2] scratch seed 1: training" in result.stdout
+        settings = json.loads((out / "synthetic" / f"seed{seed}" / "config.json").read_text())["args"]
+        assert settings["seed"] == seed and "seeds" not in settings
+    assert "[2/2] synthetic seed 1: training" in result.stdout
     row = read_csv(out / "summary.csv")[0]
-    values = [metrics(out / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
+    values = [metrics(out / "synthetic" / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
     assert row["seeds"] == "2" and float(row["test_accuracy"]) == pytest.approx(np.mean(values))
     assert "±" in (out / "summary.md").read_text()
 

@@ -10,9 +10,14 @@ import torch
 
 import train_scratch
 from conftest import QUICK, run_script, start_script
-from engine.rundir import HISTORY_COLUMNS, METRIC_KEYS
+from engine.training import HISTORY_COLUMNS, METRIC_KEYS
 
 SMALL = [*QUICK, "--subset", "1000", "--val-size", "500"]
+
+
+def run_of(study, seed=0):
+    """train_scratch.py's run directory in its study folder (--out): <dataset>/seed<S>/."""
+    return study / "synthetic" / f"seed{seed}"
 
 
 def read_history(run):
@@ -38,31 +43,30 @@ def assert_run_directory(run, epochs):
 
 
 def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
-    run = tmp_path / "run"
-    result = run_script("train_scratch.py", *SMALL, "--epochs", "3", "--out", run)
+    result = run_script("train_scratch.py", *SMALL, "--epochs", "3", "--out", tmp_path / "study")
+    run = run_of(tmp_path / "study")
     _, metrics = assert_run_directory(run, epochs=3)
+    assert (tmp_path / "study" / "summary.md").is_file()
     assert metrics["test_accuracy"] > 0.6  # chance is 0.1
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"name": "resnet18_cifar", "num_classes": 10, "width": 8,
                                "dropout": 0.0, "dropout_at": ["classifier"]}
-    assert config["flags"]["epochs"] == 3 and config["flags"]["lr"] == 0.2
+    assert config["args"]["epochs"] == 3 and config["args"]["seed"] == 0
     assert config["classes"][0] == "class0" and config["sizes"] == {"train": 1000, "val": 500,
                                                                      "test": 1000}
     assert config["device"] == "cpu" and config["torch"] == str(torch.__version__)
     assert len(config["normalization"]["std"]) == 3
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3 and checkpoint["config"] == config
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("done scratch: accuracy train") and "test" in last and str(run) in last
+    last = [line for line in result.stdout.splitlines() if line.startswith("done ")][-1]
+    assert last.startswith("done synthetic: accuracy train") and "test" in last and str(run) in last
 
 
 def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
     args = [*QUICK, "--subset", "500", "--val-size", "200", "--epochs", "2", "--seed", "5"]
-    straight = tmp_path / "straight"
-    run_script("train_scratch.py", *args, "--out", straight)
-
-    interrupted = tmp_path / "interrupted"
-    process = start_script("train_scratch.py", *args, "--out", interrupted,
+    run_script("train_scratch.py", *args, "--out", tmp_path / "straight")
+    straight, interrupted = run_of(tmp_path / "straight", 5), run_of(tmp_path / "interrupted", 5)
+    process = start_script("train_scratch.py", *args, "--out", tmp_path / "interrupted",
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = interrupted / "history.csv"
     deadline = time.monotonic() + 300
@@ -73,7 +77,7 @@ def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
     process.wait()
     assert len(read_history(interrupted)) < 2
 
-    result = run_script("train_scratch.py", *args, "--out", interrupted, "--resume")
+    result = run_script("train_scratch.py", *args, "--out", tmp_path / "interrupted", "--resume")
     assert "resuming" in result.stdout
     exact = [column for column in HISTORY_COLUMNS if column not in ("seconds", "images_per_second")]
     rows_a, rows_b = read_history(straight), read_history(interrupted)
@@ -85,10 +89,10 @@ def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
 
 
 def test_an_image_folder_dataset_trains(tmp_path, image_tree):
-    run = tmp_path / "folder-run"
     run_script("train_scratch.py", "--dataset", "folder", "--data-dir", image_tree, "--width", "8",
                "--batch-size", "8", "--epochs", "4", "--lr", "0.05", "--val-size", "6",
-               "--no-progress", "--out", run)
+               "--no-progress", "--out", tmp_path / "study")
+    run = tmp_path / "study" / "folder" / "seed0"
     _, metrics = assert_run_directory(run, epochs=4)
     config = json.loads((run / "config.json").read_text())
     assert config["classes"] == ["cat", "dog", "frog"] and config["sizes"]["test"] == 12
@@ -111,59 +115,62 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in err, err
 
 
+ONE_EPOCH = [*QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1"]
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("finished") / "run"
-    run_script("train_scratch.py", *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-               "--out", run)
-    return run
+def finished_study(tmp_path_factory):
+    study = tmp_path_factory.mktemp("finished") / "study"
+    run_script("train_scratch.py", *ONE_EPOCH, "--out", study)
+    return study
 
 
-def test_an_existing_run_is_not_replaced_without_overwrite(capsys, finished_run):
-    before = {path.name: path.read_bytes() for path in finished_run.iterdir()}
-    code, err = run_main(capsys, *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-                         "--out", finished_run)
-    assert_one_line_error(code, err, "already holds a run", "--resume", "--overwrite")
-    assert {path.name: path.read_bytes() for path in finished_run.iterdir()} == before
+def files_of(run):
+    return {path.name: path.read_bytes() for path in run.iterdir()}
+
+
+def test_a_rerun_reuses_the_finished_run_and_changes_nothing(finished_study):
+    before = files_of(run_of(finished_study))
+    result = run_script("train_scratch.py", *ONE_EPOCH, "--out", finished_study)
+    assert "finished earlier, reusing" in result.stdout
+    assert files_of(run_of(finished_study)) == before
 
 
 def test_overwrite_replaces_the_run(tmp_path):
-    run = tmp_path / "run"
-    run_script("train_scratch.py", *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-               "--out", run)
+    run = run_of(tmp_path / "study")
+    run_script("train_scratch.py", *ONE_EPOCH, "--out", tmp_path / "study")
     (run / "notes.txt").write_text("mine")
     first = read_history(run)
-    run_script("train_scratch.py", *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-               "--seed", "1", "--out", run, "--overwrite")
+    run_script("train_scratch.py", *ONE_EPOCH, "--lr", "0.05", "--out", tmp_path / "study",
+               "--overwrite")
     assert read_history(run)[0]["train_loss"] != first[0]["train_loss"]
-    assert json.loads((run / "config.json").read_text())["flags"]["seed"] == 1
+    assert json.loads((run / "config.json").read_text())["args"]["lr"] == 0.05
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 
-def test_resume_of_another_model_is_refused_before_anything_changes(capsys, finished_run):
-    before = {path.name: path.read_bytes() for path in finished_run.iterdir()}
+def test_a_run_of_another_model_or_settings_is_refused_before_anything_changes(capsys,
+                                                                               finished_study):
+    before = files_of(run_of(finished_study))
     code, err = run_main(capsys, *QUICK[:2], "--width", "16", *QUICK[4:], "--subset", "200",
-                         "--val-size", "100", "--epochs", "1", "--out", finished_run, "--resume")
+                         "--val-size", "100", "--epochs", "1", "--out", finished_study)
     assert_one_line_error(code, err, "holds a run of another model")
-    code, err = run_main(capsys, *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-                         "--lr", "0.5", "--out", finished_run, "--resume")
-    assert_one_line_error(code, err, "--lr 0.2 (now 0.5)")
-    assert {path.name: path.read_bytes() for path in finished_run.iterdir()} == before
+    code, err = run_main(capsys, *ONE_EPOCH, "--lr", "0.5", "--out", finished_study, "--resume")
+    assert_one_line_error(code, err, "--lr 0.025 (now 0.5)")
+    assert files_of(run_of(finished_study)) == before
 
 
 def test_resume_without_a_checkpoint(capsys, tmp_path):
     code, err = run_main(capsys, *QUICK, "--epochs", "1", "--out", tmp_path / "nothing", "--resume")
-    assert_one_line_error(code, err, "no checkpoint.pt in")
+    assert_one_line_error(code, err, "--resume: no run to continue in")
     assert not (tmp_path / "nothing").exists()
 
 
-def test_a_corrupt_checkpoint_is_refused(capsys, tmp_path, finished_run):
-    run = tmp_path / "corrupt"
-    run.mkdir()
-    data = (finished_run / "checkpoint.pt").read_bytes()
+def test_a_corrupt_checkpoint_is_refused(capsys, tmp_path, finished_study):
+    run = run_of(tmp_path / "corrupt")
+    run.mkdir(parents=True)
+    data = (run_of(finished_study) / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    code, err = run_main(capsys, *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
-                         "--out", run, "--resume")
+    code, err = run_main(capsys, *ONE_EPOCH, "--out", tmp_path / "corrupt", "--resume")
     assert_one_line_error(code, err, "cannot read checkpoint", "truncated or corrupt")
 
 

@@ -32,7 +32,7 @@ def study(tmp_path_factory, weights_file):
 def test_every_run_the_plots_and_the_summary_are_written(study):
     names = ["scratch", "pretrained", "frozen-mlp", "frozen-deep"]
     for name in names:
-        assert sorted(p.name for p in (study / name).iterdir()) == [
+        assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
             "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
     for plot in ("compare_pretrained_vs_scratch.png", "compare_heads.png", "compare_all.png"):
         assert (study / plot).read_bytes()[:4] == b"\x89PNG"
@@ -42,26 +42,26 @@ def test_every_run_the_plots_and_the_summary_are_written(study):
     assert float(rows["pretrained"]["report_test"]) == 0.804
     assert int(rows["frozen-mlp"]["trainable_parameters"]) < int(rows["frozen-mlp"]["total_parameters"])
     assert rows["scratch"]["trainable_parameters"] == rows["scratch"]["total_parameters"]
-    metrics = json.loads((study / "frozen-deep" / "metrics.json").read_text())
+    metrics = json.loads((study / "frozen-deep" / "seed0" / "metrics.json").read_text())
     assert float(rows["frozen-deep"]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     markdown = (study / "summary.md").read_text()
     assert "| frozen-mlp |" in markdown and "79.0%" in markdown
 
 
 def test_configs_record_their_model_and_normalisation(study, weights_file):
-    config = json.loads((study / "frozen-mlp" / "config.json").read_text())
+    config = json.loads((study / "frozen-mlp" / "seed0" / "config.json").read_text())
     assert config["model"] == {"name": "torchvision_resnet18", "num_classes": 10,
                                "weights": str(weights_file), "head": "mlp",
                                "freeze_children": 7, "cifar_stem": False}
     assert config["normalization"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet's, for its weights
-    scratch = json.loads((study / "scratch" / "config.json").read_text())
+    scratch = json.loads((study / "scratch" / "seed0" / "config.json").read_text())
     assert scratch["model"]["weights"] == "none"
     assert scratch["normalization"]["mean"] != [0.485, 0.456, 0.406]
 
 
 def test_frozen_layers_did_not_change_and_the_rest_did(study, weights_file):
     initial = torch.load(weights_file, weights_only=True)
-    trained = torch.load(study / "frozen-mlp" / "checkpoint.pt", weights_only=True)["model"]
+    trained = torch.load(study / "frozen-mlp" / "seed0" / "checkpoint.pt", weights_only=True)["model"]
     frozen_prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
     frozen = [key for key in initial if key.startswith(frozen_prefixes)]
     assert frozen and all(torch.equal(trained[key], initial[key]) for key in frozen)

@@ -32,11 +32,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def run_dir(tmp_path_factory):
     """A real (one short epoch) run directory of train_scratch.py, trained in this process
     to spare the tests a second interpreter start."""
-    out = tmp_path_factory.mktemp("scratch") / "run"
+    study = tmp_path_factory.mktemp("scratch") / "study"
     args = train_scratch.get_args_parser().parse_args(
-        [*QUICK, "--epochs", "1", "--subset", "128", "--val-size", "64", "--out", str(out)])
+        [*QUICK, "--epochs", "1", "--subset", "128", "--val-size", "64", "--out", str(study)])
     train_scratch.main(args)
-    return out
+    return study / "synthetic" / "seed0"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_dataset_image_defaults_to_the_first_test_car(tmp_path):
     subject = activations.Subject(model=None, classes=["airplane", "automobile", "bird"],
                                   mean=(0.5,) * 3, std=(0.25,) * 3, stored_size=32, input_size=32,
                                   label="run", description="run",
-                                  config={"dataset": "folder", "flags": {"data_dir": str(root)}})
+                                  config={"dataset": "folder", "args": {"data_dir": str(root)}})
     picture = activations.dataset_picture(subject)
     assert picture.true_class == "automobile" and picture.label == "test3_automobile"
     assert picture.pixels.shape == (3, 32, 32) and picture.pixels.dtype == torch.uint8
@@ -285,7 +285,7 @@ def test_transfer_run_rebuilds_offline_from_its_checkpoint(offline_torch_home, t
     config = {"model": spec, "classes": ["a", "b", "c"], "dataset": "folder",
               "normalization": {"mean": list(IMAGENET_STATS[0]), "std": list(IMAGENET_STATS[1])},
               "stored_image_size": 32, "image_size": 64, "eval_augment": "None",
-              "flags": {"data_dir": "nowhere"}}
+              "args": {"data_dir": "nowhere"}}
     run = tmp_path / "transfer_run"
     run.mkdir()
     torch.save({"model": trained.state_dict(), "config": config}, run / "checkpoint.pt")
