@@ -7,7 +7,7 @@ gets per-image parameters. Where torchvision has no such transform the baseline 
 the table. Warm-up runs are excluded; the time is the fastest of --repeats runs, batched and
 per-image runs taking turns.
 
-    python benchmarks/augment_throughput.py [--device cpu] [--batch-size 512] [--repeats 5]
+    python -m benchmarks.augment_throughput [--device cpu] [--batch-size 512] [--repeats 5]
                                             [--threads N] [--clock wall|cpu]
                                             [--json results/augment_throughput.json]
 
@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from the repo root
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms.v2 as T  # noqa: E402
+import torch
+import torchvision
+import torchvision.transforms.v2 as T
 
-from engine import atomic, augment  # noqa: E402
+from engine import atomic, augment
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32

@@ -12,7 +12,7 @@ training images and are scored on the same test images:
              5e-4, the same peak lr) with a plain per-epoch cosine schedule, fp32.
 Both use the standard crop + flip (flipped digits stay consistent within a class).
 
-    python benchmarks/folder_vs_reference.py --epochs 15 --width 16 --batch-size 64
+    python -m benchmarks.folder_vs_reference --epochs 15 --width 16 --batch-size 64
 """
 import argparse
 import json
@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms.v2 as T  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms.v2 as T
+from PIL import Image
 
-from models.resnet import resnet18  # noqa: E402
+from models.resnet import resnet18
 
 
 def write_digits_tree(root, seed=0, test_fraction=0.2):

@@ -1,7 +1,7 @@
 """One command that proves the CUDA path and measures it, in under 8 minutes on one GPU.
 
-    python benchmarks/gpu_check.py --json results/benchmarks/gpu_check.json   # on a GPU
-    python benchmarks/gpu_check.py --device cpu --quick                       # dry run (CI)
+    python -m benchmarks.gpu_check --json results/benchmarks/gpu_check.json   # on a GPU
+    python -m benchmarks.gpu_check --device cpu --quick                       # dry run (CI)
 
 Steps, most valuable first (a GPU lent for minutes may run out): the training-throughput
 benchmark against the plain loop, the CUDA tests (tests/test_cuda.py), each augmentation
@@ -29,18 +29,17 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable from the repo root
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+import torch
+import torchvision
 
-from engine import augment  # noqa: E402
-from engine.atomic import write_json  # noqa: E402
-from engine.device import grad_scaler, resolve_device, resolve_precision  # noqa: E402
-from engine.loader import DeviceLoader, Normalizer, channel_stats  # noqa: E402
-from engine.loop import make_optimizer, make_scheduler, train_one_epoch  # noqa: E402
-from engine.sources import make_synthetic  # noqa: E402
-from models import build_model  # noqa: E402
+from engine import augment
+from engine.atomic import write_json
+from engine.device import grad_scaler, resolve_device, resolve_precision
+from engine.loader import DeviceLoader, Normalizer, channel_stats
+from engine.loop import make_optimizer, make_scheduler, train_one_epoch
+from engine.sources import make_synthetic
+from models import build_model
 
 STEP_TARGETS = {"epoch_seconds": 2.0, "ratio": 5.0, "augmentation_share": 0.05}
 
@@ -97,7 +96,7 @@ def throughput(check, *extra):
     out = check.workdir / f"throughput{'_'.join(extra).replace('-', '_')}.json"
     sizes = (["--width", "8", "--batch-size", "32", "--steps", "2", "--warmup", "1",
               "--repeats", "1", "--dataset-size", "256"] if check.quick else [])
-    run([sys.executable, "benchmarks/train_throughput.py", "--device", str(check.device), *sizes,
+    run([sys.executable, "-m", "benchmarks.train_throughput", "--device", str(check.device), *sizes,
          *extra, "--json", out], REPO, check.timeout())
     report = json.loads(out.read_text())
     return {"command": report["command"], "ratio": report["ratio"],
@@ -292,7 +291,7 @@ def environment(device):
     figures = {"device": str(device), "torch": str(torch.__version__),
                "torchvision": str(torchvision.__version__), "python": sys.version.split()[0],
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python " + shlex.join(sys.argv)}
+               "command": "python -m benchmarks.gpu_check " + shlex.join(sys.argv[1:])}
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         figures.update(device_name=properties.name, gpus=torch.cuda.device_count(),

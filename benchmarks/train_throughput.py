@@ -33,10 +33,10 @@ forward + backward of one batch, divided by the batch size: convolutions and mat
 only), the TFLOP/s that implies, and each path's peak memory (CUDA: max_memory_allocated; CPU:
 ru_maxrss, the process's peak resident memory, libraries and dataset included).
 
-    python benchmarks/train_throughput.py          # the GPU if any; ResNet-18, batch 512
-    python benchmarks/train_throughput.py --device cpu --width 16 --batch-size 128 --steps 10
-    python benchmarks/train_throughput.py --device cpu --batch-size 128 --steps 8 --turns steps
-    python benchmarks/train_throughput.py --model torchvision_resnet18 --image-size 224 --compile
+    python -m benchmarks.train_throughput          # the GPU if any; ResNet-18, batch 512
+    python -m benchmarks.train_throughput --device cpu --width 16 --batch-size 128 --steps 10
+    python -m benchmarks.train_throughput --device cpu --batch-size 128 --steps 8 --turns steps
+    python -m benchmarks.train_throughput --model torchvision_resnet18 --image-size 224 --compile
 
 Measured (benchmarks/README.md has the table and the commands), on 2 CPU cores shared with
 other jobs, fp32, median of three runs: full-width ResNet-18 at batch 128 about 30 img/s for
@@ -58,27 +58,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from the repo root
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+import torch.nn as nn
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
-from engine.atomic import write_json  # noqa: E402
-from engine.augment import CropFlip  # noqa: E402
-from engine.cli import Parser, nonnegative_int, positive_int  # noqa: E402
-from engine.device import grad_scaler, resolve_device, resolve_precision  # noqa: E402
-from engine.errors import exits_cleanly_on_user_error  # noqa: E402
-from engine.loader import DeviceLoader, Normalizer, channel_stats  # noqa: E402
-from engine.loop import (make_optimizer, make_scheduler, soft_or_hard_loss,  # noqa: E402
+from engine.atomic import write_json
+from engine.augment import CropFlip
+from engine.cli import Parser, nonnegative_int, positive_int
+from engine.configurations import RECIPES
+from engine.device import grad_scaler, resolve_device, resolve_precision
+from engine.errors import exits_cleanly_on_user_error
+from engine.loader import DeviceLoader, Normalizer, channel_stats
+from engine.loop import (make_optimizer, make_scheduler, soft_or_hard_loss,
                          train_one_epoch)
-from engine.sources import make_synthetic  # noqa: E402
-from models import build_model  # noqa: E402
-from train_scratch import RECIPE  # noqa: E402  (lr, weight decay, label smoothing of part (a))
+from engine.sources import make_synthetic
+from models import build_model
 
 MODELS = ("resnet18_cifar", "torchvision_resnet18")
 EPOCH_IMAGES = 50_000      # CIFAR-10's training set: the epoch the times are extrapolated to
@@ -158,7 +157,7 @@ def project_path(args, device, data, stats, model):
     loader = DeviceLoader(data, args.batch_size, device, normalize, shuffle=True,
                           drop_last=True, augment=CropFlip(), seed=0)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), RECIPE["lr"], RECIPE["weight_decay"],
+    optimizer = make_optimizer(model.parameters(), RECIPES["scratch"]["lr"], RECIPES["scratch"]["weight_decay"],
                                fused=device.type == "cuda")
     # One schedule over exactly the steps taken: OneCycleLR refuses to step past its end.
     scheduler = make_scheduler(optimizer, args.warmup + args.steps)
@@ -169,7 +168,7 @@ def project_path(args, device, data, stats, model):
     def train(steps):
         train_one_epoch(trained, Take(stream, steps), optimizer, scheduler, scaler,
                         device=device, precision=precision,
-                        label_smoothing=RECIPE["label_smoothing"])
+                        label_smoothing=RECIPES["scratch"]["label_smoothing"])
 
     return train, precision
 
@@ -208,8 +207,8 @@ def baseline_path(args, device, data, stats, model):
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                         num_workers=args.workers, persistent_workers=args.workers > 0)
     model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=RECIPE["lr"], momentum=MOMENTUM,
-                                weight_decay=RECIPE["weight_decay"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=RECIPES["scratch"]["lr"], momentum=MOMENTUM,
+                                weight_decay=RECIPES["scratch"]["weight_decay"])
     criterion = nn.CrossEntropyLoss()
     stream = endless(loader)
 
@@ -454,7 +453,7 @@ def main(args):
     project, baseline = (summarise(name, turns[name], flops) for name in ("project", "baseline"))
     report = {
         "benchmark": "train_throughput",
-        "command": "python " + shlex.join(sys.argv),
+        "command": "python -m benchmarks.train_throughput " + shlex.join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "device_name": device_name(device),

@@ -1,8 +1,5 @@
-"""Atomic file writes: write a temporary file in the same directory, then os.replace.
-
-A crash midway leaves the previous version intact and removes the temporary file, so a
-reader never sees half a checkpoint, history or summary.
-"""
+"""Atomic file writes (a temporary file beside the target, then os.replace): a crash midway
+leaves the previous version and no temporary file."""
 import contextlib
 import json
 import os

@@ -1,10 +1,6 @@
-"""Checkpoints: everything needed to resume a run on exactly the same trajectory.
-
-A checkpoint holds the model, optimizer, scheduler and grad-scaler states, the epoch, the
-history so far, the global RNG states (dropout draws from them) and the run's config. The
-loader's shuffling and augmentation are re-seeded from (seed, epoch) (and the rank under
-torchrun), so they need no state.
-Loading uses weights_only=True: a checkpoint is data, never code.
+"""Checkpoints: model, optimizer, scheduler, grad scaler, epoch, history, RNG states (dropout
+draws from them) and config: all a run needs to resume on the same trajectory (the loader
+re-seeds itself per epoch). Loaded with weights_only=True: a checkpoint is data, never code.
 """
 import pickle
 import re

@@ -1,16 +1,7 @@
-"""Several processes (torchrun) training one model with DistributedDataParallel.
-
-    torchrun --standalone --nproc_per_node=4 train_scratch.py          # 4 GPUs, one machine
-
-A script started by torchrun finds RANK, WORLD_SIZE and LOCAL_RANK in its environment and
-joins the process group (NCCL on CUDA, gloo on CPU) the first time `setup` is called. Every
-function here also works in a plain single process (rank 0 of 1), so callers never branch
-on how they were started. The division of work:
-  - every rank holds the whole dataset and takes its own slice of each global batch;
-  - rank 0 alone downloads (the others wait), decides whether a run is new, resumed or done,
-    writes files and shows progress; what it decides or fails on is sent to every rank, so
-    all of them continue, or all stop with the same one-line error;
-  - metrics are summed over ranks, counting every image of an evaluated split once.
+"""Several processes (torchrun) training one model with DistributedDataParallel: NCCL on
+CUDA, gloo on CPU. Every function also works in one plain process (rank 0 of 1), so callers
+never branch on how they were started. Rank 0 alone downloads first, decides, writes and
+prints; what it decides or fails on reaches every rank (README.md: the division of work).
 """
 import atexit
 import os

@@ -1,12 +1,6 @@
-"""On-device batching: the dataset stays on the training device as uint8.
-
-Each epoch the loader shuffles with a generator seeded from (seed, epoch), so a resumed run
-sees exactly the batches an uninterrupted one would, without saving generator state. The
-batch is augmented on the device (whole batch, per-image parameters), then converted to
-float, normalised, resized if the model wants another size, and laid out channels_last.
-
-Under torchrun every rank draws the same global order and takes its own slice of each
-global batch; its augmentation has its own generator, seeded from (seed, epoch, rank).
+"""On-device batching: the dataset stays on the training device as uint8, and each batch is
+augmented there, then normalised, resized if need be and laid out channels_last. Shuffling
+and augmentation are seeded from (seed, epoch[, rank]): a resumed run sees the same batches.
 """
 import torch
 import torch.nn.functional as F

@@ -1,9 +1,6 @@
-"""The training loop: one epoch of training, evaluation, optimizer and schedule.
-
-Works for any nn.Module on any device. Loss and accuracy are summed on the device and read
-once per epoch; the only host synchronisations inside an epoch are the progress bar's
-refreshes (a few per epoch, and none when it is off).
-"""
+"""One epoch of training, evaluation, the optimizer and the schedule, for any nn.Module on
+any device. Metrics are summed on the device and read once per epoch: no host sync inside
+a step (the progress bar's few refreshes aside)."""
 import time
 from dataclasses import dataclass
 

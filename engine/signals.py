@@ -1,9 +1,5 @@
-"""Graceful stop on SIGINT / SIGTERM: finish the current step, then save and exit.
-
-The handler only raises a flag that the training loop reads between steps; a second
-signal of the same kind restores the default behaviour, so an impatient Ctrl-C still
-kills the process at once (losing at most the epoch in progress, as the design allows).
-"""
+"""Graceful stop on SIGINT / SIGTERM: the handler raises a flag the loop reads between steps
+(then it saves and exits); a second signal of the same kind kills at once."""
 import contextlib
 import signal
 import threading

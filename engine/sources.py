@@ -1,14 +1,11 @@
-"""Data sources: each turns a dataset into in-memory uint8 tensors and class names.
+"""Data sources: a dataset as (train, test) ImageData of uint8 images (N, 3, H, W), int64
+labels and class names, small enough to live on the training device (CIFAR-10: 150 MB);
+and the seeded, class-balanced validation split and training subset.
 
-Every source returns a train and a test `ImageData` with images (N, 3, H, W) uint8 and
-labels (N,) int64. Holding whole datasets as uint8 tensors is what lets the loader keep
-them on the training device (CIFAR-10 is 150 MB) and augment whole batches there.
-
-  cifar10, cifar100  torchvision's datasets: its download, cache and MD5 checks. The
-                     files are pickles, so nothing is unpickled before it verifies.
-  folder             ROOT/train/<class>/* and ROOT/test/<class>/* (or val/), any images
-                     PIL reads, resized once (shorter side, then centre crop).
-  synthetic          generated from a seed: learnable, for tests and offline smoke runs.
+  cifar10, cifar100  torchvision's datasets: its download, cache and MD5 checks (before
+                     anything is unpickled)
+  folder             ROOT/train/<class>/* and ROOT/test/<class>/* (or val/), resized once
+  synthetic          generated: learnable, for tests and offline smoke runs
 """
 from dataclasses import dataclass
 from pathlib import Path

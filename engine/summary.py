@@ -1,10 +1,6 @@
-"""Study summaries: summary.csv (raw numbers) and summary.md (a readable table).
-
-Rows are one per configuration. Over several seeds (engine.seeds.summarise_seeds) a figure
-is the mean and a row also carries <key>_std and "seeds"; a comparison column <key> carries
-its raw <key>_difference and <key>_p. summary.csv gets each of these beside its column;
-summary.md shows "mean ± std" once any configuration has several seeds.
-"""
+"""Study summaries, one row per configuration: summary.csv (raw numbers, with each column's
+<key>_std, _difference and _p beside it) and summary.md ("mean ± std" where any row has
+several seeds)."""
 import csv
 import io
 import math

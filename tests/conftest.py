@@ -27,15 +27,21 @@ def script_environment(env=None):
                 http_proxy="http://127.0.0.1:9", **(env or {}))
 
 
+def command(script, *args):
+    """A repository script (a .py file) or module (benchmarks.NAME) as the shell runs it."""
+    target = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
+    return [sys.executable, *target, *map(str, args)]
+
+
 def start_script(script, *args, **popen_options):
     """Start a repository script in the background (to signal or kill it); return the Popen."""
-    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
-                            env=script_environment(), **popen_options)
+    return subprocess.Popen(command(script, *args), cwd=REPO, env=script_environment(),
+                            **popen_options)
 
 
 def run_script(script, *args, check=True, env=None, timeout=600):
-    """Run a repository script in a subprocess; return the CompletedProcess."""
-    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+    """Run a repository script or module in a subprocess; return the CompletedProcess."""
+    result = subprocess.run(command(script, *args), cwd=REPO,
                             capture_output=True, text=True, env=script_environment(env),
                             timeout=timeout)
     if check and result.returncode != 0:

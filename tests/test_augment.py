@@ -488,7 +488,7 @@ def test_compose_chains_and_reports_per_image():
 
 def test_benchmark_writes_one_json_entry_per_operation(tmp_path):
     path = tmp_path / "throughput.json"
-    run_script("benchmarks/augment_throughput.py", "--batch-size", 16, "--repeats", 1,
+    run_script("benchmarks.augment_throughput", "--batch-size", 16, "--repeats", 1,
                "--json", path, timeout=300)
     report = json.loads(path.read_text())
     assert report["device"] == "cpu" and report["torch"] == torch.__version__ and report["date"]

@@ -3,19 +3,17 @@ figures in the JSON; a step that fails is recorded, the rest still run, and the 
 says so. (On a GPU the same command proves and measures the CUDA path.)"""
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, script_environment
+from conftest import REPO, command, script_environment
 
-SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 SCRIPTS = {"train_scratch", "train_transfer", "augment_study", "dropout_sweep",
            "visualize_activations", "report"}
 
 
 def gpu_check(*flags):
-    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", *flags],
+    return subprocess.run(command("benchmarks.gpu_check", "--device", "cpu", "--quick", *flags),
                           cwd=REPO, capture_output=True, text=True, env=script_environment(),
                           timeout=900)
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_script
 
-SCRIPT = "benchmarks/train_throughput.py"
+SCRIPT = "benchmarks.train_throughput"
 TINY = ["--device", "cpu", "--width", "8", "--batch-size", "16", "--steps", "2", "--warmup", "1",
         "--workers", "1", "--dataset-size", "256"]
 PATH_KEYS = {"path", "precision", "images_per_second", "images_per_second_turns",
