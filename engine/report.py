@@ -1,914 +1,573 @@
-"""The whole study as one document: REPORT.md, built from whatever runs exist under results/.
+"""REPORT.md: the whole study as one document, built from whatever runs lie under a results
+folder and set beside the original report (README.md: "The whole study as one document").
 
-Every figure in the report is read from a file the report names beside it: a run's
-metrics.json (accuracies, epochs done, train_seconds) and config.json (settings, epochs
-planned), a visualisation's predictions.json and stats.csv. Nothing is computed but a
-difference or a generalisation gap of two such figures.
-
-The original report's figures come in as an `OriginalReport` (report.py takes part (b)'s
-from train_transfer.CONFIGURATIONS, so they are written down once). They are set beside
-ours, and a difference is given only where the two measure the same thing: a finished run on
-the report's dataset (CIFAR-10) and its whole training set. A run that did not finish is
-marked with the epochs it did out of those planned, and is never compared as final.
-
-Layout read (see README.md, "Results layout"):
-  scratch/<run>/  transfer/<configuration>/  augment/<arm>/  dropout/<run>/   run directories
-  ... or, run with --seeds, <run or configuration>/seed<S>/: one run directory per seed
-  transfer/, augment/, dropout/ also hold their study's plots and summary.md
-  activations/<name>/  overview.png, gradcam.png, predictions.json, stats.csv, layers/
-
-Runs of one configuration over seeds are one table row: the mean ± standard deviation over
-its finished seeds, with the number of seeds; where a table sets configurations against each
-other (transfer vs scratch, augmentation vs none and standard, dropout vs rate 0) it says
-whether the difference exceeds run-to-run noise (engine.seeds: Welch's t-test with at least 3
-seeds on both sides; otherwise it is a single run's, or too few seeds', difference).
+Every figure is read from a file named beside it: a run's metrics.json and config.json, a
+visualisation's predictions.json and stats.csv; only means and differences are computed.
+Layout read: <results>/<part>/<configuration>/seed<S>/ for the four training parts (each
+part's folder also holds its study's summary.md and plots) and activations/<name>/.
 """
 import csv
 import json
-import math
+import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 from urllib.parse import quote
 
 from engine import atomic
+from engine.augment import ARMS
+from engine.configurations import REPORT_ARMS, REPORT_SCRATCH, TRANSFER, TRANSFER_COMPARISONS
 from engine.errors import UserError
-from engine.experiment import RESUME_FREE_FLAGS, format_seconds
-from engine.rundir import RunDirectory
-from engine.seeds import compare, folder_seed, is_number, seed_folder, spread
+from engine.seeds import compare, comparison_note, folder_seed, is_number, spread
 from engine.summary import format_cell, format_mean_std
+from engine.training import RESUME_FREE, format_seconds, holds_run
 
 REPORT_NAME = "REPORT.md"
 REPORT_DATASET = "cifar10"  # the dataset of every figure in the original report
-
-
-@dataclass(frozen=True)
-class Part:
-    folder: str     # under the results directory
-    title: str
-    script: str
-
-
-PARTS = {
-    "scratch": Part("scratch", "Part (a): ResNet-18 from scratch", "train_scratch.py"),
-    "transfer": Part("transfer", "Part (b): transfer learning from ImageNet", "train_transfer.py"),
-    "augment": Part("augment", "Part (c): data augmentation", "augment_study.py"),
-    "dropout": Part("dropout", "Part (c): dropout", "dropout_sweep.py"),
-    "activations": Part("activations", "Part (d): activations", "visualize_activations.py"),
+PARTS = {  # folder under the results root: (title, script)
+    "scratch": ("Part (a): ResNet-18 from scratch", "train_scratch.py"),
+    "transfer": ("Part (b): transfer learning from ImageNet", "train_transfer.py"),
+    "augment": ("Part (c): data augmentation", "augment_study.py"),
+    "dropout": ("Part (c): dropout", "dropout_sweep.py"),
+    "activations": ("Part (d): activations", "visualize_activations.py"),
 }
-
-
-@dataclass(frozen=True)
-class OriginalReport:
-    """The original report's figures (accuracies as fractions) and what it ran."""
-    scratch: dict                 # {"epochs": 50, "train_accuracy": ..., "test_accuracy": ...}
-    transfer: dict                # {configuration: (train, val, test) or () where it has none}
-    transfer_plots: dict = field(default_factory=dict)  # {compare_*.png: title}, in order
-    augment_arms: tuple = ()      # every arm augment_study.py knows, in its order
-    report_arms: tuple = ()       # the arms the report tried
+# Arguments that name a configuration within its study: configurations set against each
+# other differ in them by design, so a comparison ignores them.
+CHOOSING = {"config", "arm", "dropout", "dropout_at"}
+ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
+SOURCE = "Source: ours, each seed's `metrics.json` (in the linked folder) and `config.json`"
+COMPARABLE = ("A difference is given only for a finished CIFAR-10 run on the whole training "
+              "set (over seeds: of the mean).")
 
 
 # --- reading runs ------------------------------------------------------------------------------
 
 @dataclass
 class Run:
-    """One run directory as found on disk: its config and metrics, or why they are missing."""
-    name: str                       # the run's folder; with --seeds, its configuration's
+    """One <configuration>/seed<S>/ run directory: its config.json and metrics.json ({} if
+    absent or unreadable), and why one is unreadable."""
+    configuration: str
+    seed: int
     path: Path
-    config: Optional[dict]
-    metrics: Optional[dict]
-    problem: Optional[str] = None   # a file that exists but cannot be read
-    seed: Optional[int] = None      # the seed of a seed<S>/ run of a study run with --seeds
+    config: dict
+    metrics: dict
+    problem: str  # or None
 
     @property
     def label(self):
-        """'flip' or, one seed of several, 'flip/seed1'."""
-        return self.name if self.seed is None else f"{self.name}/{seed_folder(self.seed)}"
+        return f"{self.configuration}/seed{self.seed}"
 
     @property
-    def epochs_done(self):
-        return self.metrics["epochs"] if self.metrics else 0
-
-    @property
-    def epochs_planned(self):
-        return self.config["flags"].get("epochs") if self.config else None
+    def args(self):
+        return self.config.get("args", {})
 
     @property
     def finished(self):
-        return (self.problem is None and self.metrics is not None
-                and self.epochs_planned is not None and self.epochs_done >= self.epochs_planned)
+        planned = self.args.get("epochs")
+        return not self.problem and planned is not None and self.metrics.get("epochs", 0) >= planned
 
     def status(self):
         if self.problem:
             return f"damaged: {self.problem}"
-        if self.metrics is None:
-            # Files are written when an epoch ends: only the checkpoint of an interrupted
-            # first epoch (or nothing readable) is there.
+        if not self.metrics:  # files are written as an epoch ends: none has
             return "started, no finished epoch"
-        if self.epochs_planned is None:
-            return f"{self.epochs_done} epochs done, planned unknown (no config.json)"
-        if not self.finished:
-            return f"unfinished: {self.epochs_done}/{self.epochs_planned} epochs"
-        return "finished"
+        if not self.config:
+            return f"{self.metrics['epochs']} epochs done, planned unknown (no config.json)"
+        return "finished" if self.finished else f"unfinished: {epochs_cell(self)} epochs"
 
-    def metric(self, key):
-        return self.metrics.get(key) if self.metrics else None
-
-    def flag(self, key):
-        return self.config["flags"].get(key) if self.config else None
-
-    def setting(self, key):
-        return self.config.get(key) if self.config else None
+    def settings(self, ignoring=()):
+        """Its args as text, equal for runs trained alike: less its seed, what may change
+        on resume (device, precision, ...) and `ignoring`."""
+        return json.dumps({key: value for key, value in self.args.items()
+                           if key != "seed" and key not in RESUME_FREE and key not in ignoring},
+                          sort_keys=True, default=str) if self.config else None
 
 
 def read_json(path, required_key):
-    """(data, problem): the file's dict, or None and why not (None, None if it is absent)."""
+    """(data, problem): the file's dict, or {} and why not (no problem if it is absent)."""
     if not path.is_file():
-        return None, None
+        return {}, None
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None, f"{path.name} is not readable JSON"
+        return {}, f"{path.name} is not readable JSON"
     if not isinstance(data, dict) or required_key not in data:
-        return None, f"{path.name} has no {required_key!r}"
+        return {}, f"{path.name} has no {required_key!r}"
     return data, None
 
 
-def read_run(path, name=None, seed=None):
-    config, config_problem = read_json(path / "config.json", "flags")
-    metrics, metrics_problem = read_json(path / "metrics.json", "epochs")
-    return Run(name or path.name, path, config, metrics, problem=metrics_problem or config_problem,
-               seed=seed)
-
-
-def seed_runs(folder):
-    """The seed<S>/ run directories in a configuration's folder, by seed."""
-    found = [(folder_seed(child.name), child) for child in folder.iterdir() if child.is_dir()]
-    return sorted((seed, child) for seed, child in found
-                  if seed is not None and RunDirectory(child).holds_run())
-
-
-def holds_runs(folder):
-    """A run directory, or a configuration's folder of seed<S>/ run directories."""
-    return RunDirectory(folder).holds_run() or bool(seed_runs(folder))
-
-
 def find_runs(part_dir):
-    """The runs inside a part's folder, by name: each child that is a run directory, and
-    each seed<S>/ run directory of a child run with --seeds (by seed)."""
-    if not part_dir.is_dir():
-        return []
+    """Every <configuration>/seed<S>/ run directory of a part, by configuration and seed."""
     runs = []
-    for child in sorted(part_dir.iterdir()):
-        if not child.is_dir() or child.name.startswith("."):
-            continue
-        if RunDirectory(child).holds_run():  # a study run without --seeds ...
-            runs.append(read_run(child))
-        # ... and, in the same folder, its runs with --seeds, if it was run again so
-        runs += [read_run(path, child.name, seed) for seed, path in seed_runs(child)]
-    return runs
+    for path in part_dir.glob("*/seed*"):
+        seed = folder_seed(path.name)
+        if seed is not None and not path.parent.name.startswith(".") and holds_run(path):
+            config, config_problem = read_json(path / "config.json", "args")
+            metrics, metrics_problem = read_json(path / "metrics.json", "epochs")
+            runs.append(Run(path.parent.name, seed, path, config, metrics,
+                            metrics_problem or config_problem))
+    return sorted(runs, key=lambda run: (run.configuration, run.seed))
 
 
-# Flags that choose a run's configuration within its study, or its seed: runs that differ
-# only in these were trained alike, so they may be averaged (seeds) or compared (the rest).
-CHOOSING_FLAGS = {"seed", "config", "arm", "dropout", "dropout_at"}
-
-
-def settings_of(run):
-    """What a run was trained with, less what chooses its configuration and seed and what
-    does not change the experiment (device, precision, ...): equal for runs that are alike."""
-    if not run.config:
-        return None
-    flags = {key: value for key, value in run.config["flags"].items()
-             if key not in CHOOSING_FLAGS and key not in RESUME_FREE_FLAGS}
-    return json.dumps(flags, sort_keys=True, default=str)
-
-
-def metric_of(key):
-    """A figure of a run: its metrics.json value for key."""
-    return lambda run: run.metric(key)
-
-
-@dataclass
+@dataclass(eq=False)
 class Configuration:
-    """The runs of one configuration: a single run, or one run per seed (seeded).
-
-    It reads like a Run: figures are the mean over its finished seeds (a single run's own,
-    finished or not: its status says which), settings those of its first finished run."""
+    """A table row: the seeds of one configuration trained with the same settings. Its
+    figures are the mean over its finished seeds (while none has finished, over those with
+    an epoch done: its status says so)."""
     name: str
     runs: list
+    split: bool  # its configuration has seeds trained otherwise, in rows of their own
 
-    @property
-    def seeded(self):
-        return self.runs[0].seed is not None
-
-    @property
-    def path(self):
-        return self.runs[0].path.parent if self.seeded else self.runs[0].path
-
-    @property
-    def finished_runs(self):
-        return [run for run in self.runs if run.finished]
-
-    @property
-    def counted_runs(self):
-        """The runs whose figures the row gives."""
-        return self.finished_runs if self.seeded else self.runs
-
-    @property
-    def representative(self):
-        return (self.finished_runs or self.runs)[0]
-
-    @property
-    def finished(self):
-        return bool(self.finished_runs)
-
-    @property
-    def config(self):
-        return self.representative.config
-
-    @property
-    def metrics(self):
-        return self.representative.metrics if self.counted_runs else None
-
-    @property
-    def epochs_done(self):
-        return self.representative.epochs_done
-
-    @property
-    def epochs_planned(self):
-        return self.representative.epochs_planned
+    def __post_init__(self):
+        self.finished_runs = [run for run in self.runs if run.finished]
+        self.counted = self.finished_runs or [run for run in self.runs if run.metrics]
+        self.first = (self.counted or self.runs)[0]  # whose settings the row shows
 
     def status(self):
-        if not self.seeded:
-            return self.runs[0].status()
-        done = f"{len(self.finished_runs)}/{len(self.runs)} seeds finished"
-        others = [f"{seed_folder(run.seed)} {run.status()}" for run in self.runs
-                  if not run.finished]
-        return "; ".join([done, *others])
+        others = [f"seed{run.seed} {run.status()}" for run in self.runs if not run.finished]
+        return "; ".join([f"{len(self.finished_runs)}/{len(self.runs)} seeds finished", *others])
 
-    def values(self, figure):
-        """figure(run) of each counted run, where it is a number."""
-        return [value for value in map(figure, self.counted_runs) if is_number(value)]
+    def values(self, figure, runs=None):
+        """The figure (a metrics.json key, or a function of a run) of each counted run (or
+        of `runs`), where it is a number."""
+        get = figure if callable(figure) else lambda run: run.metrics.get(figure)
+        return [value for value in map(get, self.counted if runs is None else runs)
+                if is_number(value)]
 
-    def metric(self, key):
-        values = self.values(metric_of(key))
-        return spread(values).mean if values else None
-
-    def flag(self, key):
-        return self.representative.flag(key)
-
-    @property
-    def settings(self):
-        return settings_of(self.representative)
-
-    def setting(self, key):
-        return self.representative.setting(key)
+    def final_test_accuracies(self):
+        return self.values("test_accuracy", self.finished_runs)
 
 
-def group_runs(runs):
-    """Runs -> Configurations, in the order their names first appear. Runs of one name are
-    one configuration only if they were trained alike: a run made without --seeds, or with
-    other settings (say --epochs), stands apart from the seeds it must not be averaged with."""
+def group_runs(runs, order=()):
+    """Runs -> rows, names in `order` first. Seeds are averaged only if trained alike: a
+    configuration's seeds trained with other settings (say --epochs) make a row of their own."""
     groups = {}
     for run in runs:
-        groups.setdefault((run.name, run.seed is not None, settings_of(run)), []).append(run)
-    return [Configuration(name, members) for (name, _, _), members in groups.items()]
+        groups.setdefault((run.configuration, run.settings()), []).append(run)
+    names = [name for name, _ in groups]
+    rows = [Configuration(name, members, names.count(name) > 1)
+            for (name, _), members in groups.items()]
+    order = list(order)
+    return sorted(rows, key=lambda row: (order.index(row.name) if row.name in order
+                                         else len(order), row.name))
 
 
-def preferred(configurations):
-    """Of several configurations of one name, the one a one-row table shows: run over
-    seeds rather than once, then the one with the most finished runs."""
-    return max(configurations, key=lambda group: (group.seeded, len(group.finished_runs)))
-
-
-def all_runs(configurations):
-    return [run for configuration in configurations for run in configuration.runs]
-
-
-@dataclass
-class Visualisation:
-    """One visualize_activations.py output folder."""
-    name: str
-    path: Path
-    predictions: Optional[dict]
-    problem: Optional[str] = None
+def named(configurations, name):
+    return [configuration for configuration in configurations if configuration.name == name]
 
 
 def find_visualisations(part_dir):
-    if not part_dir.is_dir():
-        return []
+    """[(folder, its predictions.json, why that is missing or unreadable)] of the
+    visualize_activations.py output folders."""
     found = []
-    for child in sorted(part_dir.iterdir()):
+    for path in sorted(part_dir.glob("*")):
         known = ("predictions.json", "overview.png", "gradcam.png", "stats.csv")
-        if not child.is_dir() or not any((child / name).exists() for name in known):
-            continue
-        predictions, problem = read_json(child / "predictions.json", "top5")
-        if predictions is None and problem is None:
-            problem = "no predictions.json (unfinished or from another tool)"
-        found.append(Visualisation(child.name, child, predictions, problem))
+        if path.is_dir() and any((path / name).exists() for name in known):
+            predictions, problem = read_json(path / "predictions.json", "top5")
+            if not predictions and not problem:
+                problem = "no predictions.json (unfinished or from another tool)"
+            found.append((path, predictions, problem))
     return found
 
 
-# --- formatting ----------------------------------------------------------------------------------
-
-def percent(value, digits):
-    return format_cell(value, f"{{:.{digits}%}}")
-
-
-def points(ours, theirs, digits):
-    """ours - theirs in percentage points."""
-    return f"{100 * (ours - theirs):+.{digits}f} pp"
-
-
-def cell(text):
-    """Table cells cannot hold a pipe or a line break."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
+# --- cells ------------------------------------------------------------------------------------
 
 def table(headers, rows):
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
-    return lines
+    """A markdown table; a cell cannot hold a pipe or a line break."""
+    def cells(row):
+        return " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in row)
+    return [f"| {cells(headers)} |", "|" + "---|" * len(headers)] + [f"| {cells(row)} |"
+                                                                     for row in rows]
 
 
-def relative(path, results_dir):
-    """A link target relative to REPORT.md (which lies in results_dir), URL-quoted."""
-    return quote(Path(path).relative_to(results_dir).as_posix())
+def link(text, path, results_dir, bang=""):
+    """A link (bang="!": an image) relative to REPORT.md, which lies in results_dir."""
+    return f"{bang}[{text}]({quote(Path(path).relative_to(results_dir).as_posix())})"
 
 
-def link(text, path, results_dir):
-    return f"[{text}]({relative(path, results_dir)})"
-
-
-def image(caption, path, results_dir):
-    return f"![{caption}]({relative(path, results_dir)})"
-
-
-def code(text):
-    return f"`{text}`"
-
-
-def run_link(run, results_dir):
-    """The run's name, linking to the file its numbers come from (a configuration over
-    seeds: the folder of its seed<S>/ runs)."""
-    metrics = run.path / "metrics.json"
-    return link(run.name, metrics if metrics.is_file() else run.path, results_dir)
-
-
-def run_label(run):
-    """The run's name, with its status unless it finished (for captions)."""
-    return run.label if run.finished else f"{run.label} ({run.status()})"
+def row_name(configuration, results_dir):
+    """Its name, linking to its folder of seed<S>/ runs; with its seeds where it splits."""
+    name = link(configuration.name, configuration.first.path.parent, results_dir)
+    if not configuration.split:
+        return name
+    return f"{name} ({', '.join(f'seed{run.seed}' for run in configuration.runs)})"
 
 
 def figure_cell(configuration, figure, style):
-    """A configuration's figure: the run's own, or over seeds "mean ± std"."""
+    """One seed's figure, or over seeds "mean ± std"."""
     values = configuration.values(figure)
     if not values:
         return "—"
-    if not configuration.seeded:
-        return format_cell(values[0], style)
     found = spread(values)
-    return format_mean_std(found.mean, found.std, style)
+    return (format_mean_std(found.mean, found.std, style) if found.n > 1
+            else format_cell(found.mean, style))
 
 
-def percent_cell(configuration, key, digits):
-    return figure_cell(configuration, metric_of(key), f"{{:.{digits}%}}")
-
-
-def seeds_cell(configuration):
-    """How many runs a row's figures average: the finished seeds (or the one run)."""
-    return str(len(configuration.counted_runs)) if configuration.seeded else "1"
-
-
-def comparison_cell(configuration, references, key="test_accuracy"):
-    """The configuration's final test accuracy against its reference's (of `references`,
-    the reference configurations found, the one trained with the same settings), and
-    whether the difference is beyond noise (engine.seeds.compare); "—" for a reference."""
-    if not references:
-        return "— (not run)"
-    if any(configuration is reference for reference in references):
-        return "—"
-    alike = [reference for reference in references if reference.settings == configuration.settings]
-    if not alike:
-        return "— (reference trained with other settings)"
-    reference = max(alike, key=lambda group: (group.seeded == configuration.seeded,
-                                              len(group.finished_runs)))
-    ours, theirs = (finished_values(group, key) for group in (configuration, reference))
-    if not ours or not theirs:
-        return "— (not finished)"
-    return compare(ours, theirs).text()
-
-
-def finished_values(configuration, key):
-    """A figure of each finished run (finished only: a comparison is of final figures)."""
-    return [value for value in map(metric_of(key), configuration.finished_runs)
-            if is_number(value)]
+def percent_cells(configuration, keys, digits):
+    return [figure_cell(configuration, key, f"{{:.{digits}%}}") for key in keys]
 
 
 def epochs_cell(run):
-    if run.metrics is None:
+    """Epochs done / planned."""
+    done, planned = run.metrics.get("epochs", "—"), run.args.get("epochs")
+    return f"{done}/{planned}" if run.metrics and planned is not None else str(done)
+
+
+def image_size_cell(run):
+    size = run.config.get("image_size")
+    return f"{size}x{size}" if size else "—"
+
+
+def comparison_cell(configuration, references):
+    """Final test accuracy against the reference's (of `references`, the rows of the
+    reference configuration, the one trained alike), beyond noise or not."""
+    if not references:
+        return "— (not run)"
+    if configuration in references:
         return "—"
-    planned = run.epochs_planned
-    return f"{run.epochs_done}/{planned}" if planned is not None else str(run.epochs_done)
+    alike = [reference for reference in references
+             if reference.first.settings(CHOOSING) == configuration.first.settings(CHOOSING)]
+    if not alike:
+        return "— (reference trained with other settings)"
+    ours, theirs = configuration.final_test_accuracies(), alike[0].final_test_accuracies()
+    return compare(ours, theirs).text() if ours and theirs else "— (not finished)"
 
 
-# --- what may be compared with the report --------------------------------------------------------
-
-def not_comparable_because(run):
-    """Why the run's figures cannot stand beside the report's as final (None: they can)."""
-    if not run.finished:
-        return "not finished"
-    if run.setting("dataset") != REPORT_DATASET:
-        return f"{run.setting('dataset')} data, the report: {REPORT_DATASET}"
-    if run.flag("subset") is not None:
-        return f"{run.flag('subset')}-image subset"
-    return None
-
-
-def difference_cell(run, key, theirs, digits):
-    ours = run.metric(key)
+def difference_cell(configuration, theirs, digits):
+    """Ours − the report's test accuracy, only where both measure the same thing: finished
+    runs on the report's dataset and its whole training set."""
+    ours, run = configuration.final_test_accuracies(), configuration.first
     if theirs is None:
         return "— (not in the report)"
-    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
-        return "—"
-    reason = not_comparable_because(run)
-    return f"— ({reason})" if reason else points(ours, theirs, digits)
+    if not ours:
+        return "— (not finished)"
+    if run.config.get("dataset") != REPORT_DATASET:
+        return f"— ({run.config.get('dataset')} data, the report: {REPORT_DATASET})"
+    if run.args.get("subset") is not None:
+        return f"— ({run.args['subset']}-image subset)"
+    return f"{100 * (spread(ours).mean - theirs):+.{digits}f} pp"
 
 
-# --- commands that produce a missing part ---------------------------------------------------------
+# --- what every part has ----------------------------------------------------------------------
 
-def command(results_dir, script, out=None, *extra):
+def command(results_dir, script, out, *extra):
     """The command that writes into results_dir: --out only where it is not the default."""
     words = ["python", script, *extra]
-    if out is not None and Path(results_dir) != Path("results"):
+    if Path(results_dir) != Path("results"):
         words += ["--out", str(out)]
     return shlex.join(words)
 
 
 def part_command(key, results_dir, scratch_runs=()):
     results_dir = Path(results_dir)
-    if key == "scratch":
-        return command(results_dir, "train_scratch.py", results_dir / "scratch" / "cifar10_seed0")
-    if key == "activations":
-        finished = [run for run in scratch_runs if run.finished]
-        run = finished[0].path if finished else results_dir / "scratch" / "cifar10_seed0"
-        return command(results_dir, "visualize_activations.py",
-                       results_dir / "activations" / run.name, "--run", str(run))
-    return command(results_dir, PARTS[key].script, results_dir / key)
+    if key != "activations":  # a study's --out is its part's folder
+        return command(results_dir, PARTS[key][1], results_dir / key)
+    finished = [run.path for run in scratch_runs if run.finished]
+    run = finished[0] if finished else results_dir / "scratch" / REPORT_DATASET / "seed0"
+    out = results_dir / "activations" / f"{run.parent.name}_{run.name}"
+    return command(results_dir, "visualize_activations.py", out, "--run", str(run))
 
 
-# --- sections ------------------------------------------------------------------------------------
+def not_run_lines(key, results_dir, scratch_runs=()):
+    return [f"**Not run yet**: nothing in `{key}/`. Run: "
+            f"`{part_command(key, results_dir, scratch_runs)}`", ""]
 
-def settings_section(configurations, results_dir):
-    """Each run's settings (each seed's, over seeds), from its config.json (epochs planned)
-    and metrics.json (time)."""
+
+def add_missing_notes(key, flag, done, missing, results_dir):
+    """How to add the report's configurations not run: with those done, since a study
+    writes its summary and plots from its latest command's configurations only."""
+    if not missing or not done:
+        return []
+    return [f"Of the report's, not run here: {', '.join(missing)}. Add them with `"
+            + command(results_dir, PARTS[key][1], results_dir / key, flag, *done, *missing)
+            + "` and the other flags the runs above used (finished runs are reused)."]
+
+
+def settings_lines(configurations, results_dir):
+    """Each run's settings, from its config.json (and its wall time from metrics.json)."""
     rows = []
-    for run in all_runs(configurations):
-        image_size = run.setting("image_size")
-        seconds = run.metric("train_seconds")
+    for run in (run for configuration in configurations for run in configuration.runs):
+        sizes, seconds = run.config.get("sizes"), run.metrics.get("train_seconds")
         curves = run.path / "curves.png"
         rows.append([
             link(run.label, run.path / "config.json", results_dir) if run.config else run.label,
-            run.setting("dataset") or "—", split_sizes(run), epochs_cell(run),
-            run.flag("batch_size") or "—", format_cell(run.flag("lr"), "{:g}"),
-            f"{image_size}x{image_size}" if image_size else "—",
-            run.setting("device") or "—", run.setting("precision") or "—",
-            format_seconds(seconds) if seconds is not None else "—",
-            run.setting("torch") or "—",
+            run.config.get("dataset", "—"),
+            " / ".join(format_cell(sizes.get(split), "{:,}") for split in ("train", "val", "test"))
+            if isinstance(sizes, dict) else "—",
+            epochs_cell(run), run.args.get("batch_size", "—"),
+            format_cell(run.args.get("lr"), "{:g}"), image_size_cell(run),
+            run.config.get("device", "—"), run.config.get("precision", "—"),
+            format_seconds(seconds) if is_number(seconds) else "—",
+            run.config.get("torch", "—"),
             link("curves.png", curves, results_dir) if curves.is_file() else "—"])
     return (["**Settings** (each run's `config.json`; wall time: `metrics.json` train_seconds, "
              "training and evaluation summed over the finished epochs):", ""]
             + table(["run", "dataset", "images train / val / test", "epochs done / planned",
                      "batch", "peak lr", "image size", "device", "precision", "wall time",
-                     "torch", "curves"], rows))
+                     "torch", "curves"], rows) + [""])
 
 
-def split_sizes(run):
-    """ "45,000 / 5,000 / 10,000": the images in each split, from config.json's sizes."""
-    sizes = run.setting("sizes")
-    if not isinstance(sizes, dict):
-        return "—"
-    return " / ".join(format_cell(sizes.get(split), "{:,}") for split in ("train", "val", "test"))
-
-
-def missing_part_lines(key, results_dir, scratch_runs=()):
-    return [f"**Not run yet**: nothing in `{PARTS[key].folder}/`. Run: "
-            f"`{part_command(key, results_dir, scratch_runs)}`"]
-
-
-def add_missing_line(script, flag, done, missing, part_dir, results_dir):
-    """How to add the report's missing configurations: list the done ones too, since a study
-    writes its summary and plots from the configurations of its latest command only."""
-    if not missing:
-        return []
-    return ["", f"Of the report's, not run here: {', '.join(missing)}. Add them with `"
-            + command(results_dir, script, part_dir, flag, *done, *missing)
-            + "` and the other flags the runs above used (finished runs are reused)."]
-
-
-def plots_section(results_dir, plots):
+def plot_lines(plots, results_dir):
     """Embed the plots (file, caption) that exist: a study draws a plot only when it has
     the runs the plot compares, so an absent one is no fault."""
     lines = []
     for path, caption in plots:
         if path.is_file():
-            lines += [f"*{caption}* (`{relative(path, results_dir)}`)", "",
-                      image(caption, path, results_dir), ""]
+            lines += [f"*{caption}* (`{path.relative_to(results_dir).as_posix()}`)", "",
+                      link(caption, path, results_dir, bang="!"), ""]
     return lines
 
 
-def scratch_section(runs, results_dir, original):
-    report = original.scratch
-    configurations = group_runs(runs)
-    lines = [f"The report trained its hand-written ResNet-18 on CIFAR-10 for {report['epochs']} "
-             f"epochs: {percent(report['train_accuracy'], 2)} train and "
-             f"{percent(report['test_accuracy'], 2)} test accuracy (its training log, last epoch). "
-             "Ours: the last finished epoch of each run (mean ± std over seeds where a run was "
-             "repeated with --seeds).", ""]
-    if not runs:
-        lines += missing_part_lines("scratch", results_dir) + [""]
-    rows = [["**the report**", "—", "—", REPORT_DATASET, str(report["epochs"]),
-             percent(report["train_accuracy"], 2), "—", percent(report["test_accuracy"], 2), ""]]
-    for configuration in configurations:
-        rows.append([run_link(configuration, results_dir), configuration.status(),
-                     seeds_cell(configuration), configuration.setting("dataset") or "—",
-                     epochs_cell(configuration),
-                     *(percent_cell(configuration, key, 2)
-                       for key in ("train_accuracy", "val_accuracy", "test_accuracy")),
-                     difference_cell(configuration, "test_accuracy", report["test_accuracy"], 2)])
-    lines += table(["run", "status", "seeds", "dataset", "epochs", "train acc", "val acc",
-                    "test acc", "test − report"], rows)
-    lines += ["", "Source: ours, each run's `metrics.json` (linked); the report's, its part (a) "
-              "training log (\"Acc: 89.290%\", \"Accuracy: 8735/10000\"). A difference is given "
-              "only for a finished CIFAR-10 run on the whole training set (over seeds: of the "
-              "mean)."]
-    lines += own_summary_lines(configurations, results_dir) + [""]
-    if runs:
-        lines += settings_section(configurations, results_dir) + [""]
-        lines += plots_section(results_dir, [(run.path / "curves.png", f"{run_label(run)}: loss "
-                                              f"and accuracy per epoch, train / val / test")
-                                             for run in runs])
+def study_lines(key, intro, configurations, results_dir, *, headers, rows, notes, plots):
+    """A training part: its table (shown without runs where it has rows: the report's),
+    notes, the study's own summary.md, each run's settings and the plots."""
+    lines = [intro, ""] + ([] if configurations else not_run_lines(key, results_dir))
+    if not rows:
+        return lines
+    if any(configuration.split for configuration in configurations):
+        notes.append("A configuration whose seeds were trained with other settings (say "
+                     "--epochs) has a row per set of settings, its seeds named.")
+    summary = results_dir / key / "summary.md"
+    if summary.is_file():
+        notes.append(f"The study's own table: {link(f'{key}/summary.md', summary, results_dir)}.")
+    lines += table(headers, rows) + [""]
+    for note in notes:
+        lines += [note, ""]
+    if configurations:
+        lines += settings_lines(configurations, results_dir) + plot_lines(plots, results_dir)
     return lines
 
 
-def own_summary_lines(configurations, results_dir):
-    """Links to the summary.md that train_scratch.py --seeds writes beside its seeds."""
-    found = [configuration.path / "summary.md" for configuration in configurations
-             if configuration.seeded and (configuration.path / "summary.md").is_file()]
-    if not found:
-        return []
-    return ["", "Over seeds, each folder's own table: " + ", ".join(
-        link(relative(path, results_dir), path, results_dir) for path in found) + "."]
+# --- the parts --------------------------------------------------------------------------------
+
+def scratch_section(found, results_dir):
+    report, configurations = REPORT_SCRATCH, group_runs(found["scratch"])
+    train, test = f"{report['train_accuracy']:.2%}", f"{report['test_accuracy']:.2%}"
+    rows = [["**the report**", "—", "—", REPORT_DATASET, report["epochs"], train, "—", test,
+             ""]]
+    rows += [[row_name(group, results_dir), group.status(), len(group.counted),
+              group.first.config.get("dataset", "—"), epochs_cell(group.first),
+              *percent_cells(group, ACCURACIES, 2),
+              difference_cell(group, report["test_accuracy"], 2)] for group in configurations]
+    return study_lines(
+        "scratch", f"The report trained its hand-written ResNet-18 on CIFAR-10 for "
+        f"{report['epochs']} epochs: {train} train and {test} test accuracy (its training log, "
+        f"last epoch).",
+        configurations, results_dir,
+        headers=["run", "status", "seeds", "dataset", "epochs", "train acc", "val acc",
+                 "test acc", "test − report"], rows=rows,
+        notes=[f"{SOURCE}; the report's, its part (a) training log (\"Acc: 89.290%\", "
+               f"\"Accuracy: 8735/10000\"). {COMPARABLE}"],
+        plots=[(run.path / "curves.png", f"{run.label} ({run.status()}): loss and accuracy per "
+                "epoch, train / val / test") for group in configurations for run in group.runs])
 
 
-def noise_note(references):
-    return (f"{references}: the difference of final test accuracy (mean over finished seeds), "
-            f"in points, and whether it is beyond run-to-run noise: Welch's t-test with at "
-            f"least 3 finished seeds on both sides (p < 0.05: beyond noise); with fewer, the "
-            f"difference of a single run (or of too few seeds), which may be noise.")
-
-
-def transfer_section(runs, results_dir, original):
-    part_dir = results_dir / "transfer"
-    lines = ["The report's four configurations of torchvision's ResNet-18 (30 epochs at 32x32), "
-             "with its train / validation / test accuracy beside ours (the last finished epoch; "
-             "mean ± std over seeds where the study ran with --seeds).", ""]
-    if not runs:
-        lines += missing_part_lines("transfer", results_dir) + [""]
-    # train_transfer.py names each configuration's folder after it.
-    groups = group_runs(runs)
-    by_name = {name: preferred([group for group in groups if group.name == name])
-               for name in dict.fromkeys(group.name for group in groups)}
-    scratch = [group for group in groups if group.name == "scratch"]
-    names = list(original.transfer) + [name for name in by_name if name not in original.transfer]
+def transfer_section(found, results_dir):
+    configurations = group_runs(found["transfer"], order=TRANSFER)
+    done = list(dict.fromkeys(group.name for group in configurations))
     rows = []
-    for name in names:
-        figures = original.transfer.get(name, ())
-        theirs = [percent(value, 1) for value in figures] if figures else ["—"] * 3
-        configuration = by_name.get(name)
-        if configuration is None:
+    for name in list(TRANSFER) + [name for name in done if name not in TRANSFER]:
+        figures = TRANSFER[name].report if name in TRANSFER else ()
+        theirs = [f"{value:.1%}" for value in figures] or ["—"] * 3
+        if name not in done:
             rows.append([name, "not run", *["—"] * 7, *theirs, "—"])
-            continue
-        image_size = configuration.setting("image_size")
-        rows.append([run_link(configuration, results_dir), configuration.status(),
-                     seeds_cell(configuration), epochs_cell(configuration),
-                     f"{image_size}x{image_size}" if image_size else "—",
-                     *(percent_cell(configuration, key, 1) for key in
-                       ("train_accuracy", "val_accuracy", "test_accuracy")),
-                     comparison_cell(configuration, scratch),
-                     *theirs,
-                     difference_cell(configuration, "test_accuracy",
-                                     figures[2] if figures else None, 1)])
-    lines += table(["configuration", "status", "seeds", "epochs", "image size", "train acc",
-                    "val acc", "test acc", "test acc vs scratch", "report train", "report val",
-                    "report test", "test − report"], rows)
-    lines += ["", "Source: ours, each run's `metrics.json` (linked); the report's, its text "
-              "(\"Training Accuracy: 0.986 ...\"), as recorded in `train_transfer.py` "
-              "(CONFIGURATIONS). A difference is given only for a finished CIFAR-10 run on the "
-              "whole training set (over seeds: of the mean).", "",
-              noise_note("test acc vs scratch")]
-    others = [group for group in groups if group is not by_name[group.name]]
-    if others:
-        lines += ["", f"Also found, not in this table: {len(others)} other run(s) of these "
-                  "configurations (made without --seeds beside runs with them, or with other "
-                  "settings); see the settings below."]
-    if runs:
-        lines += add_missing_line("train_transfer.py", "--configs",
-                                  [name for name in names if name in by_name],
-                                  [name for name in original.transfer
-                                   if original.transfer[name] and name not in by_name],
-                                  part_dir, results_dir)
-    if (part_dir / "summary.md").is_file():
-        lines += ["", "The study's own table, with parameter counts and seconds per epoch: "
-                  + link("transfer/summary.md", part_dir / "summary.md", results_dir) + "."]
-    lines += [""]
-    if runs:
-        lines += settings_section([by_name[name] for name in names if name in by_name] + others,
-                                  results_dir) + [""]
-        lines += plots_section(results_dir, [(part_dir / name, title)
-                                             for name, title in original.transfer_plots.items()])
-    return lines
+        rows += [[row_name(group, results_dir), group.status(), len(group.counted),
+                  epochs_cell(group.first), image_size_cell(group.first),
+                  *percent_cells(group, ACCURACIES, 1),
+                  comparison_cell(group, named(configurations, "scratch")), *theirs,
+                  difference_cell(group, figures[2] if figures else None, 1)]
+                 for group in named(configurations, name)]
+    missing = [name for name, configuration in TRANSFER.items()
+               if configuration.report and name not in done]
+    return study_lines(
+        "transfer", "The report's four configurations of torchvision's ResNet-18 (30 epochs at "
+        "32x32), with its train / validation / test accuracy beside ours.",
+        configurations, results_dir,
+        headers=["configuration", "status", "seeds", "epochs", "image size", "train acc",
+                 "val acc", "test acc", "test acc vs scratch", "report train", "report val",
+                 "report test", "test − report"], rows=rows,
+        notes=[f"{SOURCE}; the report's, its text (\"Training Accuracy: 0.986 ...\"), as "
+               f"recorded in `engine/configurations.py` (TRANSFER). {COMPARABLE}",
+               comparison_note("test acc vs scratch"),
+               *add_missing_notes("transfer", "--configs", done, missing, results_dir)],
+        plots=[(results_dir / "transfer" / name, title)
+               for name, title, _ in TRANSFER_COMPARISONS])
 
 
-def complement_of(key):
-    """1 - a run's metric (error from accuracy)."""
-    return lambda run: 1 - run.metric(key) if is_number(run.metric(key)) else None
+def augment_section(found, results_dir):
+    configurations = group_runs(found["augment"], order=ARMS)
+    done = list(dict.fromkeys(group.name for group in configurations))
 
-
-def augment_section(runs, results_dir, original):
+    def error(key):
+        return lambda run: 1 - run.metrics[key] if is_number(run.metrics.get(key)) else None
+    rows = [[row_name(group, results_dir), "yes" if group.name in REPORT_ARMS else "",
+             group.status(), len(group.counted), epochs_cell(group.first),
+             *percent_cells(group, ("train_accuracy", "test_accuracy"), 2),
+             figure_cell(group, error("train_accuracy"), "{:.2%}"),
+             figure_cell(group, error("test_accuracy"), "{:.2%}"),
+             *percent_cells(group, ("val_accuracy",), 2),
+             comparison_cell(group, named(configurations, "none")),
+             comparison_cell(group, named(configurations, "standard"))]
+            for group in configurations]
     part_dir = results_dir / "augment"
-    lines = ["The report trained one network per augmentation on a tiny CIFAR-10 and gave train "
-             "and test accuracy and error in a table that is an image, **with no numbers in its "
-             "text**: there is nothing to set beside ours, so this table is ours only "
-             "(the last finished epoch; mean ± std over seeds where the study ran with "
-             "--seeds).", ""]
-    if not runs:
-        return lines + missing_part_lines("augment", results_dir) + [""]
-    order = {arm: index for index, arm in enumerate(original.augment_arms)}
-    configurations = sorted(group_runs(runs), key=lambda group: (
-        order.get(group.setting("arm") or group.name, len(order)), group.name))
-    def arm(group):
-        return group.setting("arm") or group.name
-
-    def runs_of(name):
-        return [group for group in configurations if arm(group) == name]
-    rows = []
-    for group in configurations:
-        rows.append([run_link(group, results_dir),
-                     "yes" if arm(group) in original.report_arms else "",
-                     group.status(), seeds_cell(group), epochs_cell(group),
-                     percent_cell(group, "train_accuracy", 2),
-                     percent_cell(group, "test_accuracy", 2),
-                     figure_cell(group, complement_of("train_accuracy"), "{:.2%}"),
-                     figure_cell(group, complement_of("test_accuracy"), "{:.2%}"),
-                     percent_cell(group, "val_accuracy", 2),
-                     comparison_cell(group, runs_of("none")),
-                     comparison_cell(group, runs_of("standard"))])
-    lines += table(["arm", "in the report", "status", "seeds", "epochs", "train acc", "test acc",
-                    "train error", "test error", "val acc", "test acc vs none",
-                    "test acc vs standard"], rows)
-    lines += ["", "Source: each run's `metrics.json` (linked), its arm from its `config.json`; "
-              "error = 1 − accuracy.", "", noise_note("test acc vs none, vs standard")]
-    done = list(dict.fromkeys(map(arm, configurations)))
-    lines += add_missing_line("augment_study.py", "--arms", done,
-                              [arm for arm in original.report_arms if arm not in done],
-                              part_dir, results_dir)
-    if (part_dir / "summary.md").is_file():
-        lines += ["", "The study's own table: "
-                  + link("augment/summary.md", part_dir / "summary.md", results_dir) + "."]
-    lines += [""] + settings_section(configurations, results_dir) + [""]
-    lines += plots_section(results_dir, [
-        (part_dir / "test_accuracy.png", "test accuracy per augmentation"),
-        (part_dir / "curves.png", "per-arm curves on shared axes"),
-        (part_dir / "gallery.png", "each augmentation applied to the same training images")])
-    return lines
+    return study_lines(
+        "augment", "The report trained one network per augmentation on a tiny CIFAR-10 and "
+        "gave train and test accuracy and error in a table that is an image, **with no numbers "
+        "in its text**: there is nothing to set beside ours, so this table is ours only.",
+        configurations, results_dir,
+        headers=["arm", "in the report", "status", "seeds", "epochs", "train acc", "test acc",
+                 "train error", "test error", "val acc", "test acc vs none",
+                 "test acc vs standard"], rows=rows,
+        notes=[f"{SOURCE}; error = 1 − accuracy.",
+               comparison_note("test acc vs none, vs standard"),
+               *add_missing_notes("augment", "--arms", done,
+                                  [arm for arm in REPORT_ARMS if arm not in done], results_dir)],
+        plots=[(part_dir / "test_accuracy.png", "test accuracy per augmentation"),
+               (part_dir / "curves.png", "per-arm curves on shared axes"),
+               (part_dir / "gallery.png", "each augmentation applied to the same training images")])
 
 
-def dropout_key(run):
-    rate = run.flag("dropout")
-    return (rate != 0, str(run.flag("dropout_at") or ""), rate if rate is not None else 0, run.name)
+def dropout_section(found, results_dir):
+    def rate(group):
+        return group.first.args.get("dropout")
 
-
-def gap_points(run):
-    """train − test accuracy of a run, in points."""
-    train, test = run.metric("train_accuracy"), run.metric("test_accuracy")
-    return 100 * (train - test) if is_number(train) and is_number(test) else None
-
-
-def dropout_section(runs, results_dir):
+    def gap(run):  # train − test accuracy, in points
+        train, test = run.metrics.get("train_accuracy"), run.metrics.get("test_accuracy")
+        return 100 * (train - test) if is_number(train) and is_number(test) else None
+    configurations = sorted(group_runs(found["dropout"]), key=lambda group: (
+        bool(rate(group)), str(group.first.args.get("dropout_at")), rate(group) or 0, group.name))
+    rate_zero = [group for group in configurations if rate(group) == 0]
+    rows = [[row_name(group, results_dir), group.first.args.get("dropout_at", "—"),
+             format_cell(rate(group), "{:.1f}"), group.status(), len(group.counted),
+             epochs_cell(group.first),
+             *percent_cells(group, ("train_accuracy", "test_accuracy"), 2),
+             comparison_cell(group, rate_zero), figure_cell(group, gap, "{:+.2f} pp"),
+             figure_cell(group, "test_loss", "{:.3f}")] for group in configurations]
     part_dir = results_dir / "dropout"
-    lines = ["The report varied the dropout rate from 0 to 0.5 in steps of 0.1 for 80 epochs, "
-             "\"after different layers\", and showed the result **only as plots** (test accuracy "
-             "and loss per epoch): there are no numbers to set beside ours, so this table is "
-             "ours only (the last finished epoch; mean ± std over seeds where the sweep ran "
-             "with --seeds).", ""]
-    if not runs:
-        return lines + missing_part_lines("dropout", results_dir) + [""]
-    configurations = sorted(group_runs(runs), key=dropout_key)
-    rate_zero = [group for group in configurations if group.flag("dropout") == 0]
-    rows = []
-    for group in configurations:
-        rows.append([run_link(group, results_dir), group.flag("dropout_at") or "—",
-                     format_cell(group.flag("dropout"), "{:.1f}"), group.status(),
-                     seeds_cell(group), epochs_cell(group),
-                     percent_cell(group, "train_accuracy", 2),
-                     percent_cell(group, "test_accuracy", 2),
-                     comparison_cell(group, rate_zero),
-                     figure_cell(group, gap_points, "{:+.2f} pp"),
-                     figure_cell(group, metric_of("test_loss"), "{:.3f}")])
-    lines += table(["run", "placement", "rate", "status", "seeds", "epochs", "train acc",
-                    "test acc", "test acc vs rate 0", "train − test", "test loss"], rows)
-    lines += ["", "Source: each run's `metrics.json` (linked), placement and rate from its "
-              "`config.json`; rate 0 is one run shared by every placement.", "",
-              noise_note("test acc vs rate 0")]
-    if (part_dir / "summary.md").is_file():
-        lines += ["", "The study's own table: "
-                  + link("dropout/summary.md", part_dir / "summary.md", results_dir) + "."]
-    lines += [""] + settings_section(configurations, results_dir) + [""]
-    curves = sorted(part_dir.glob("curves_*.png"))
-    lines += plots_section(results_dir, [
-        *((path, f"test accuracy and loss per epoch, dropout at "
-                 f"{path.stem.removeprefix('curves_')}: the report's plots") for path in curves),
-        (part_dir / "rate_summary.png",
-         "final test accuracy, and train − test, against the rate")])
-    return lines
+    return study_lines(
+        "dropout", "The report varied the dropout rate from 0 to 0.5 in steps of 0.1 for 80 "
+        "epochs, \"after different layers\", and showed the result **only as plots** (test "
+        "accuracy and loss per epoch): there are no numbers to set beside ours, so this table "
+        "is ours only.", configurations, results_dir,
+        headers=["run", "placement", "rate", "status", "seeds", "epochs", "train acc",
+                 "test acc", "test acc vs rate 0", "train − test", "test loss"], rows=rows,
+        notes=[f"{SOURCE}; rate 0 is one run shared by every placement.",
+               comparison_note("test acc vs rate 0")],
+        plots=[*((path, f"test accuracy and loss per epoch, dropout at "
+                        f"{path.stem.removeprefix('curves_')}: the report's plots")
+                 for path in sorted(part_dir.glob("curves_*.png"))),
+               (part_dir / "rate_summary.png",
+                "final test accuracy, and train − test, against the rate")])
 
 
-def dead_channels(stats_path):
-    """(layers, dead channels in all) from stats.csv, or None if it cannot be read."""
-    try:
-        with open(stats_path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return len(rows), sum(int(row["dead_channels"]) for row in rows)
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-
-
-def visualisation_lines(item, results_dir):
-    lines = [f"### {item.name}", ""]
-    if item.problem:
-        lines += [f"**Incomplete**: {item.problem}.", ""]
+def visualisation_lines(path, predictions, problem, results_dir):
+    lines = [f"### {path.name}", ""]
+    if problem:
+        lines += [f"**Incomplete**: {problem}.", ""]
     else:
-        predictions = item.predictions
-        lines += [f"From {link('predictions.json', item.path / 'predictions.json', results_dir)}: "
-                  f"model {code(predictions.get('model', '—'))}, image "
-                  f"{code(predictions.get('image', '—'))}, true class "
+        lines += [f"From {link('predictions.json', path / 'predictions.json', results_dir)}: "
+                  f"model `{predictions.get('model', '—')}`, image "
+                  f"`{predictions.get('image', '—')}`, true class "
                   f"**{predictions.get('true_class') or '—'}**; Grad-CAM from "
                   f"`{predictions.get('gradcam_layer', '—')}`.", ""]
         lines += table(["rank", "class", "probability"],
                        [[rank, entry.get("class", "—"),
                          format_cell(entry.get("probability"), "{:.3f}")]
-                        for rank, entry in enumerate(predictions["top5"], 1)])
-        lines += [""]
-    stats_path = item.path / "stats.csv"
-    counted = dead_channels(stats_path) if stats_path.is_file() else None
-    if counted:
-        lines += [f"{link('stats.csv', stats_path, results_dir)}: {counted[0]} layers, "
-                  f"{counted[1]} dead channels in all (all-zero for this image).", ""]
-    if (item.path / "layers").is_dir():
-        lines += ["Every layer's channels: " + link(f"{item.name}/layers/",
-                                                    item.path / "layers", results_dir) + ".", ""]
-    return lines + plots_section(results_dir, [
-        (item.path / "overview.png", f"{item.name}: channels 0-7 of each layer, input to layer4"),
-        (item.path / "gradcam.png", f"{item.name}: Grad-CAM")])
+                        for rank, entry in enumerate(predictions["top5"], 1)]) + [""]
+    try:  # a stats.csv that cannot be read is left out
+        with open(path / "stats.csv", newline="") as handle:
+            stats = list(csv.DictReader(handle))
+        lines += [f"{link('stats.csv', path / 'stats.csv', results_dir)}: {len(stats)} layers, "
+                  f"{sum(int(row['dead_channels']) for row in stats)} dead channels in all "
+                  f"(all-zero for this image).", ""]
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
+    if (path / "layers").is_dir():
+        lines += [f"Every layer's channels: "
+                  f"{link(f'{path.name}/layers/', path / 'layers', results_dir)}.", ""]
+    return lines + plot_lines([
+        (path / "overview.png", f"{path.name}: channels 0-7 of each layer, input to layer4"),
+        (path / "gradcam.png", f"{path.name}: Grad-CAM")], results_dir)
 
 
-def activations_section(items, results_dir, scratch_runs):
+def activations_section(found, results_dir):
     lines = ["The report showed a few channels of a few layers of its transfer-learned network "
              "for one CIFAR-10 car (figures only, no numbers). Ours: every layer, layer "
              "statistics and Grad-CAM, for each visualisation below.", ""]
-    if not items:
-        return lines + missing_part_lines("activations", results_dir, scratch_runs) + [""]
-    for item in items:
-        lines += visualisation_lines(item, results_dir)
-    return lines
+    if not found["activations"]:
+        return lines + not_run_lines("activations", results_dir, found["scratch"])
+    return lines + [line for item in found["activations"]
+                    for line in visualisation_lines(*item, results_dir)]
 
 
-# --- the document ---------------------------------------------------------------------------------
-
-@dataclass
-class Found:
-    """Everything found under the results directory, per part."""
-    runs: dict            # {part key: [Run]} for the four training parts
-    visualisations: list
-
-    def count(self, key):
-        return len(self.visualisations) if key == "activations" else len(self.runs[key])
-
-    def is_empty(self):
-        return not self.visualisations and not any(self.runs.values())
-
-
-def find_everything(results_dir):
-    runs = {key: find_runs(results_dir / key)
-            for key in ("scratch", "transfer", "augment", "dropout")}
-    return Found(runs, find_visualisations(results_dir / "activations"))
-
-
-def anchor(title):
-    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
-    kept = "".join(char for char in title.lower() if char.isalnum() or char in " -_")
-    return "#" + kept.replace(" ", "-")
-
+# --- the document -----------------------------------------------------------------------------
 
 def overview_lines(found):
     rows = []
-    for key, part in PARTS.items():
-        if key == "activations":
-            count = found.count(key)
-            state = (f"{sum(item.problem is None for item in found.visualisations)} complete"
-                     if count else "not run")
+    for key, (title, script) in PARTS.items():
+        items, noun = found[key], "visualisation" if key == "activations" else "run"
+        if not items:
+            state = "not run"
+        elif key == "activations":
+            state = f"{sum(problem is None for *_, problem in items)} complete"
         else:
-            runs = found.runs[key]
-            finished = sum(run.finished for run in runs)
-            state = (f"{finished} finished, {len(runs) - finished} not finished" if runs
-                     else "not run")
-        rows.append([f"[{part.title}]({anchor(part.title)})", f"`{part.script}`",
-                     count_text(found, key), state])
+            finished = sum(run.finished for run in items)
+            state = f"{finished} finished, {len(items) - finished} not finished"
+        # GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens
+        anchor = "".join(char for char in title.lower() if char.isalnum() or char in " -_")
+        rows.append([f"[{title}](#{anchor.replace(' ', '-')})", f"`{script}`",
+                     f"{len(items)} {noun}{'' if len(items) == 1 else 's'}", state])
     return table(["part", "script", "found", "state"], rows)
 
 
-def count_text(found, key):
-    count = found.count(key)
-    noun = "visualisation" if key == "activations" else "run"
-    return f"{count} {noun}{'s' if count != 1 else ''}"
-
-
-def build_report(results_dir, original, found=None):
-    """REPORT.md's text for the runs under results_dir."""
-    results_dir = Path(results_dir)
-    found = found or find_everything(results_dir)
+def build_report(results_dir, found):
+    """REPORT.md's text for what was found under results_dir."""
     lines = ["# ResNet-18 on CIFAR-10: the whole study", "",
              "Written by `report.py` from what it found in this folder, set beside the original "
              "report (ELL 793 Assignment 3, S. Garg and V. Gupta). Every figure is read from the "
-             "file named beside its table; accuracies are those of the last finished epoch; "
-             "differences are ours − the report's, in percentage points (pp). A run that did not "
-             "finish says so (epochs done / planned) and is not compared as final.", ""]
+             "file named beside its table; accuracies are those of the last finished epoch "
+             "(over seeds, the mean ± std of the finished seeds); differences are ours − the "
+             "report's, in percentage points (pp). A run that did not finish says so (epochs "
+             "done / planned) and is not compared as final.", ""]
     lines += overview_lines(found) + [""]
-    sections = [
-        ("scratch", scratch_section(found.runs["scratch"], results_dir, original)),
-        ("transfer", transfer_section(found.runs["transfer"], results_dir, original)),
-        ("augment", augment_section(found.runs["augment"], results_dir, original)),
-        ("dropout", dropout_section(found.runs["dropout"], results_dir)),
-        ("activations", activations_section(found.visualisations, results_dir,
-                                            found.runs["scratch"])),
-    ]
-    for key, body in sections:
-        lines += [f"## {PARTS[key].title}", "", f"`{PARTS[key].script}`, results in "
-                  f"`{PARTS[key].folder}/`.", ""] + body
-    while lines and lines[-1] == "":
-        lines.pop()
-    return "\n".join(lines) + "\n"
+    sections = {"scratch": scratch_section, "transfer": transfer_section,
+                "augment": augment_section, "dropout": dropout_section,
+                "activations": activations_section}
+    for key, (title, script) in PARTS.items():
+        lines += [f"## {title}", "", f"`{script}`, results in `{key}/`.", "",
+                  *sections[key](found, results_dir), ""]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"
 
 
-def check_results_dir(results_dir, found):
-    """Refuse a folder that is not a results root, with the fix, before writing anything."""
-    if not found.is_empty():
-        return
-    # A likely slip: the folder of one part, or one run, instead of the folder above them.
-    if RunDirectory(results_dir).holds_run():
-        root = results_dir.parent.parent
-        if folder_seed(results_dir.name) is not None:  # <part>/<configuration>/seed<S>
-            root = root.parent
-    elif seed_runs(results_dir):
-        root = results_dir.parent.parent
-    elif results_dir.name in PARTS or any(child.is_dir() and holds_runs(child)
-                                          for child in results_dir.iterdir()):
-        root = results_dir.parent
-    else:
-        root = None
-    if root is not None:
-        raise UserError(f"--results {results_dir} is a part's folder or a run, not the results "
-                        f"root: pass the folder that holds scratch/, transfer/, augment/, "
-                        f"dropout/ and activations/ (here: --results {root})")
-    raise UserError(f"no runs under {results_dir} (nothing in scratch/, transfer/, augment/, "
-                    f"dropout/ or activations/): run a part first, e.g. python train_scratch.py")
+def results_root_above(folder):
+    """The nearest folder up to 3 levels above that holds runs (None: none does): the likely
+    slip of passing a part's, a configuration's or a run's folder as --results."""
+    for root in folder.absolute().parents[:3]:
+        if any(find_runs(root / key) for key in PARTS):
+            return root
+    return None
 
 
-def write_report(results_dir, original):
-    """Write results_dir/REPORT.md atomically; return (its path, what was found)."""
+def write_report(results_dir):
+    """Write results_dir/REPORT.md atomically; return (its path, {part: its runs or
+    visualisations}). A folder missing or without runs is refused, with the fix, first."""
     results_dir = Path(results_dir)
-    if not results_dir.exists():
-        raise UserError(f"--results {results_dir} does not exist: run a part first (e.g. python "
-                        f"train_scratch.py writes results/scratch/...) or pass the folder that "
-                        f"holds the runs")
-    if not results_dir.is_dir():
-        raise UserError(f"--results {results_dir} is a file, not a directory: pass the folder "
-                        f"that holds scratch/, transfer/, augment/, dropout/ and activations/")
-    found = find_everything(results_dir)
-    check_results_dir(results_dir, found)
+    found = {key: find_visualisations(results_dir / key) if key == "activations"
+             else find_runs(results_dir / key) for key in PARTS} if results_dir.is_dir() else {}
+    if not any(found.values()):
+        root = results_root_above(results_dir) if results_dir.is_dir() else None
+        what = ("does not exist" if not results_dir.exists() else
+                "is a file, not a folder" if not results_dir.is_dir() else
+                "lies inside a results folder, not at its root" if root else
+                "holds no runs (in <part>/<configuration>/seed<S>/ or activations/<name>/)")
+        raise UserError(f"--results {results_dir} {what}: pass the folder that holds scratch/, "
+                        f"transfer/, augment/, dropout/ and activations/ ("
+                        + (f"here: --results {root})" if root else
+                           "run a part first, e.g. python train_scratch.py)"))
     path = results_dir / REPORT_NAME
     try:
-        atomic.write_text(path, build_report(results_dir, original, found))
+        atomic.write_text(path, build_report(results_dir, found))
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}): check the folder's "
                         f"permissions") from None
     return path, found
-
-
-def summary_line(path, found):
-    """What the script prints: where the report is and what it holds."""
-    counts = ", ".join(f"{key} {found.count(key)}" for key in PARTS)
-    return f"wrote {path} ({counts})"

@@ -1,9 +1,10 @@
 """report.py: REPORT.md from a results tree of real, tiny runs of every script.
 
 One module-scoped fixture runs each script's main() in-process (no interpreter start per
-script) on synthetic data: a scratch run, two transfer configurations, two augmentation arms,
-two dropout rates and a visualisation of the scratch run. The tests then read REPORT.md as a
-user would: its tables against the runs' own files, its links against the disk.
+script) on synthetic data, into the one layout <part>/<configuration>/seed<S>/: a scratch
+run, two transfer configurations, two augmentation arms, two dropout rates and a
+visualisation of the scratch run. The tests then read REPORT.md as a user would: its tables
+against the runs' own files, its links against the disk.
 """
 import json
 import re
@@ -22,7 +23,8 @@ import train_scratch
 import train_transfer
 import visualize_activations
 from engine import report as engine_report
-from engine.experiment import format_seconds
+from engine.configurations import TRANSFER as TRANSFER_CONFIGURATIONS
+from engine.training import format_seconds
 
 QUICK = ["--dataset", "synthetic", "--width", "8", "--batch-size", "64", "--subset", "200",
          "--val-size", "100", "--epochs", "1", "--no-progress"]
@@ -45,12 +47,12 @@ def results(tmp_path_factory):
     try:
         torch.manual_seed(0)
         torch.save(torchvision.models.resnet18().state_dict(), weights)  # stands in for ImageNet's
-        run_main(train_scratch, *QUICK, "--out", root / "scratch" / "run")
+        run_main(train_scratch, *QUICK, "--out", root / "scratch")
         run_main(train_transfer, *TRANSFER, "--configs", "scratch", "frozen-mlp",
                  "--weights", weights, "--out", root / "transfer")
         run_main(augment_study, *QUICK, "--arms", "none", "standard", "--out", root / "augment")
         run_main(dropout_sweep, *QUICK, "--rates", "0", "0.2", "--out", root / "dropout")
-        run_main(visualize_activations, "--run", root / "scratch" / "run",
+        run_main(visualize_activations, "--run", root / "scratch" / "synthetic" / "seed0",
                  "--out", root / "activations" / "x")
     finally:
         torch.set_num_threads(threads)
@@ -104,12 +106,12 @@ def row(table, name):
     return matches[0]
 
 
-def metrics(run_dir):
-    return json.loads((run_dir / "metrics.json").read_text())
+def metrics(configuration_dir, seed=0):
+    return json.loads((configuration_dir / f"seed{seed}" / "metrics.json").read_text())
 
 
-def config(run_dir):
-    return json.loads((run_dir / "config.json").read_text())
+def config(configuration_dir, seed=0):
+    return json.loads((configuration_dir / f"seed{seed}" / "config.json").read_text())
 
 
 def pct(value, digits):
@@ -122,29 +124,31 @@ def test_part_a_sets_each_run_beside_the_reports_87_35(results, report_text):
     table = tables(section(report_text, "Part (a)"))[0]
     theirs = row(table, "the report")
     assert (theirs["epochs"], theirs["train acc"], theirs["test acc"]) == ("50", "89.29%", "87.35%")
-    ours, measured = row(table, "run"), metrics(results / "scratch" / "run")
-    assert ours["status"] == "finished" and ours["epochs"] == "1/1"
+    ours, measured = row(table, "synthetic"), metrics(results / "scratch" / "synthetic")
+    assert ours["status"] == "1/1 seeds finished" and ours["epochs"] == "1/1"
+    assert ours["seeds"] == "1"
     assert ours["dataset"] == "synthetic"
     for key, header in (("train_accuracy", "train acc"), ("val_accuracy", "val acc"),
                         ("test_accuracy", "test acc")):
         assert ours[header] == pct(measured[key], 2)
     # Synthetic data is not the report's CIFAR-10: no difference, and the cell says why.
     assert ours["test − report"] == "— (synthetic data, the report: cifar10)"
-    assert "[run](scratch/run/metrics.json)" in ours["run"]
+    assert ours["run"] == "[synthetic](scratch/synthetic)"  # the folder of its seed<S>/ runs
+    assert "[scratch/summary.md](scratch/summary.md)" in section(report_text, "Part (a)")
 
 
 def test_part_b_sets_train_transfer_configurations_beside_ours(results, report_text):
     part = section(report_text, "Part (b)")
     table = tables(part)[0]
     assert [next(iter(r.values())).split("](")[0].strip("[") for r in table] == list(
-        train_transfer.CONFIGURATIONS)
-    for name, configuration in train_transfer.CONFIGURATIONS.items():
+        TRANSFER_CONFIGURATIONS)
+    for name, configuration in TRANSFER_CONFIGURATIONS.items():
         cells = row(table, name)
         expected = [pct(value, 1) for value in configuration.report] or ["—"] * 3
         assert [cells["report train"], cells["report val"], cells["report test"]] == expected
     for name in ("scratch", "frozen-mlp"):
         cells, measured = row(table, name), metrics(results / "transfer" / name)
-        assert cells["status"] == "finished"
+        assert cells["status"] == "1/1 seeds finished"
         assert [cells["train acc"], cells["val acc"], cells["test acc"]] == [
             pct(measured[key], 1) for key in ("train_accuracy", "val_accuracy", "test_accuracy")]
     assert row(table, "pretrained")["status"] == "not run"
@@ -160,7 +164,7 @@ def test_part_c_augmentation_is_ours_only_and_says_why(results, report_text):
     assert [next(iter(r.values())).split("]")[0].strip("[") for r in table] == ["none", "standard"]
     for arm in ("none", "standard"):
         cells, measured = row(table, arm), metrics(results / "augment" / arm)
-        assert cells["status"] == "finished" and cells["in the report"] == ""
+        assert cells["status"] == "1/1 seeds finished" and cells["in the report"] == ""
         assert cells["train acc"] == pct(measured["train_accuracy"], 2)
         assert cells["test acc"] == pct(measured["test_accuracy"], 2)
         assert cells["test error"] == pct(1 - measured["test_accuracy"], 2)
@@ -174,7 +178,8 @@ def test_part_c_dropout_rows_and_the_reports_plots_only(results, report_text):
     for name, placement, rate in (("rate0.0", "none", "0.0"),
                                   ("classifier_rate0.2", "classifier", "0.2")):
         cells, measured = row(table, name), metrics(results / "dropout" / name)
-        assert (cells["placement"], cells["rate"], cells["status"]) == (placement, rate, "finished")
+        assert (cells["placement"], cells["rate"], cells["status"]) == (
+            placement, rate, "1/1 seeds finished")
         assert cells["test acc"] == pct(measured["test_accuracy"], 2)
         assert cells["test loss"] == f"{measured['test_loss']:.3f}"
 
@@ -192,8 +197,9 @@ def test_part_d_shows_the_top_predictions_and_links_the_pictures(results, report
 
 def test_settings_come_from_each_runs_config_and_metrics(results, report_text):
     settings = tables(section(report_text, "Part (a)"))[1]
-    cells = row(settings, "run")
-    run_dir = results / "scratch" / "run"
+    cells = row(settings, "synthetic/seed0")
+    assert cells["run"] == "[synthetic/seed0](scratch/synthetic/seed0/config.json)"
+    run_dir = results / "scratch" / "synthetic"
     saved, measured = config(run_dir), metrics(run_dir)
     assert cells["batch"] == "64" and cells["epochs done / planned"] == "1/1"
     assert cells["image size"] == "32x32"
@@ -201,24 +207,25 @@ def test_settings_come_from_each_runs_config_and_metrics(results, report_text):
     assert (cells["device"], cells["precision"], cells["torch"]) == (
         saved["device"], saved["precision"], saved["torch"])
     assert cells["wall time"] == format_seconds(measured["train_seconds"])
-    transfer = row(tables(section(report_text, "Part (b)"))[1], "frozen-mlp")
-    assert (transfer["batch"], transfer["peak lr"]) == ("50", "0.05")
+    transfer = row(tables(section(report_text, "Part (b)"))[1], "frozen-mlp/seed0")
+    lr = config(results / "transfer" / "frozen-mlp")["args"]["lr"]  # resolved for the batch
+    assert (transfer["batch"], transfer["peak lr"]) == ("50", f"{lr:g}")
 
 
 def test_every_table_of_runs_names_its_source(report_text):
     for title in ("Part (a)", "Part (b)", "Part (c): data augmentation", "Part (c): dropout"):
         part = section(report_text, title)
         assert "Source:" in part and "`metrics.json`" in part and "`config.json`" in part
-    assert "train_transfer.py` (CONFIGURATIONS)" in section(report_text, "Part (b)")
+    assert "`engine/configurations.py` (TRANSFER)" in section(report_text, "Part (b)")
     assert "[predictions.json](activations/x/predictions.json)" in section(report_text, "Part (d)")
 
 
 def test_every_link_points_to_an_existing_file(results, report_text):
     links = LINK.findall(report_text)
     images = {target for bang, target in links if bang}
-    expected = {"scratch/run/curves.png", "transfer/compare_heads.png", "transfer/compare_all.png",
-                "augment/test_accuracy.png", "augment/curves.png", "augment/gallery.png",
-                "dropout/curves_classifier.png", "dropout/rate_summary.png",
+    expected = {"scratch/synthetic/seed0/curves.png", "transfer/compare_heads.png",
+                "transfer/compare_all.png", "augment/test_accuracy.png", "augment/curves.png",
+                "augment/gallery.png", "dropout/curves_classifier.png", "dropout/rate_summary.png",
                 "activations/x/overview.png", "activations/x/gradcam.png"}
     assert expected <= images
     for _, target in links:
@@ -234,41 +241,46 @@ def test_rerunning_gives_the_same_report_and_leaves_no_temporary_file(results, r
 
 # --- runs that did not finish, parts not run ----------------------------------------------------
 
-def copy_run(source, destination, config_changes=None, flag_changes=None):
-    shutil.copytree(source, destination)
+def copy_run(source, destination, config_changes=None, arg_changes=None):
+    """A copy of the run directory source as destination/seed0, its config.json changed."""
+    shutil.copytree(source, destination / "seed0")
     saved = config(destination)
     saved.update(config_changes or {})
-    saved["flags"].update(flag_changes or {})
-    (destination / "config.json").write_text(json.dumps(saved))
-    return destination
+    saved["args"].update(arg_changes or {})
+    (destination / "seed0" / "config.json").write_text(json.dumps(saved))
+    return destination / "seed0"
 
 
 def test_unfinished_started_and_damaged_runs_are_marked_not_compared(results, tmp_path):
     scratch = tmp_path / "results" / "scratch"
-    source = results / "scratch" / "run"
-    copy_run(source, scratch / "long", flag_changes={"epochs": 5})
-    started = scratch / "started"
+    source = results / "scratch" / "synthetic" / "seed0"
+    copy_run(source, scratch / "long", arg_changes={"epochs": 5})
+    started = scratch / "started" / "seed0"
     started.mkdir(parents=True)
     shutil.copy(source / "checkpoint.pt", started)  # interrupted in its first epoch
     damaged = copy_run(source, scratch / "damaged")
     (damaged / "metrics.json").write_text('{"epochs": 1, "train_acc')
     # The report's dataset and the whole training set: this one is compared with 87.35%.
     copy_run(source, scratch / "cifar", config_changes={"dataset": "cifar10"},
-             flag_changes={"subset": None, "dataset": "cifar10"})
+             arg_changes={"subset": None, "dataset": "cifar10"})
 
     text = write_report(tmp_path / "results")
     assert "| `train_scratch.py` | 4 runs | 1 finished, 3 not finished |" in text
     table = tables(section(text, "Part (a)"))[0]
-    measured = metrics(source)
+    measured = metrics(source.parent)
     long = row(table, "long")
-    assert long["status"] == "unfinished: 1/5 epochs" and long["epochs"] == "1/5"
+    assert long["status"] == "0/1 seeds finished; seed0 unfinished: 1/5 epochs"
+    assert long["epochs"] == "1/5" and long["test acc"] == pct(measured["test_accuracy"], 2)
     assert long["test − report"] == "— (not finished)"
-    assert row(table, "started")["status"] == "started, no finished epoch"
-    assert row(table, "started")["test acc"] == "—"
-    assert row(table, "damaged")["status"] == "damaged: metrics.json is not readable JSON"
-    assert row(table, "damaged")["test acc"] == "—"
-    assert "![long (unfinished: 1/5 epochs): loss and accuracy" in text
-    assert row(table, "cifar")["status"] == "finished"
+    started = row(table, "started")
+    assert started["status"] == "0/1 seeds finished; seed0 started, no finished epoch"
+    assert started["test acc"] == "—"
+    damaged = row(table, "damaged")
+    assert damaged["status"] == ("0/1 seeds finished; seed0 damaged: metrics.json is not "
+                                 "readable JSON")
+    assert damaged["test acc"] == "—"
+    assert "![long/seed0 (unfinished: 1/5 epochs): loss and accuracy" in text
+    assert row(table, "cifar")["status"] == "1/1 seeds finished"
     difference = 100 * (measured["test_accuracy"] - 0.8735)
     assert row(table, "cifar")["test − report"] == f"{difference:+.2f} pp"
 
@@ -282,7 +294,8 @@ def test_parts_without_runs_list_the_command_that_runs_them(results, tmp_path):
         "Part (b)": f"python train_transfer.py --out {root / 'transfer'}",
         "Part (c): data augmentation": f"python augment_study.py --out {root / 'augment'}",
         "Part (c): dropout": f"python dropout_sweep.py --out {root / 'dropout'}",
-        "Part (d)": f"python visualize_activations.py --run {root / 'scratch' / 'run'}"}
+        "Part (d)": "python visualize_activations.py --run "
+                    f"{root / 'scratch' / 'synthetic' / 'seed0'}"}
     for title, command in commands.items():
         assert command in section(text, title), title
     overview = row(tables(text)[0], "Part (b): transfer learning from ImageNet")
@@ -294,12 +307,17 @@ def test_parts_without_runs_list_the_command_that_runs_them(results, tmp_path):
 def test_commands_omit_out_for_the_default_results_folder():
     assert engine_report.part_command("transfer", "results") == "python train_transfer.py"
     assert engine_report.part_command("scratch", Path("results")) == "python train_scratch.py"
+    assert engine_report.part_command("activations", "results") == (
+        "python visualize_activations.py --run results/scratch/cifar10/seed0")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "file", "part folder", "run folder"])
+@pytest.mark.parametrize("case", ["missing", "empty", "file", "part folder",
+                                  "configuration folder", "run folder"])
 def test_a_results_folder_without_runs_is_one_line_exit_2(case, results, tmp_path, capsys):
     target = {"missing": tmp_path / "nowhere", "empty": tmp_path, "file": tmp_path / "notes.txt",
-              "part folder": results / "scratch", "run folder": results / "scratch" / "run"}[case]
+              "part folder": results / "scratch",
+              "configuration folder": results / "scratch" / "synthetic",
+              "run folder": results / "scratch" / "synthetic" / "seed0"}[case]
     if case == "file":
         target.write_text("not a folder")
     with pytest.raises(SystemExit) as stop:
@@ -308,5 +326,5 @@ def test_a_results_folder_without_runs_is_one_line_exit_2(case, results, tmp_pat
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1, error
     if case.endswith("folder"):
-        assert f"--results {results}" in error  # names the folder to pass instead
+        assert f"(here: --results {results})" in error  # names the folder to pass instead
     assert not (target / "REPORT.md").exists()

@@ -270,7 +270,7 @@ def test_the_report_gives_mean_std_seeds_and_a_verdict_over_seed_folders(sweep, 
             saved = {**metrics(run), "test_accuracy": value}
             (run / "metrics.json").write_text(json.dumps(saved))
             config = json.loads((run / "config.json").read_text())
-            config["arm"] = arm
+            config["args"].update(arm=arm, seed=seed)
             (run / "config.json").write_text(json.dumps(config))
     text = report.main(report.get_args_parser().parse_args(["--results", str(results)]))
     text = text.read_text()
@@ -278,51 +278,63 @@ def test_the_report_gives_mean_std_seeds_and_a_verdict_over_seed_folders(sweep, 
              for line in text.splitlines() if line.startswith("| [")}
     p_value = seeds.compare(known["flip"], known["none"]).p_value
     flip = lines["flip"]
+    assert flip.startswith("| [flip](augment/flip) |")  # its folder of seeds
     assert "| 3/3 seeds finished | 3 |" in flip
     assert "| 91.00 ± 1.00% |" in flip  # test accuracy over the three seeds
     assert f"+10.00 pp, {seeds.format_p(p_value)} (beyond noise)" in flip
     assert "| 81.00 ± 1.00% |" in lines["none"]
     assert "| 1/1 seeds finished | 1 |" in lines["standard"]
+    assert "| 81.00% |" in lines["standard"]  # one seed: its own figure, no spread
     assert "(single run)" in lines["standard"]
     assert "[flip/seed2](augment/flip/seed2/config.json)" in text  # each seed's settings
     assert "| `augment_study.py` | 7 runs | 7 finished, 0 not finished |" in text
 
 
-def test_an_unfinished_seed_is_left_out_of_the_mean_and_named(sweep, tmp_path):
+def test_the_report_leaves_an_unfinished_seed_out_of_the_mean_and_names_it(sweep, tmp_path):
+    """Both arms planned for 2 epochs: flip's seed 1 stopped after its first, none's seed 1
+    in its first (no metrics.json yet); seed 0 of each finished."""
     results = tmp_path / "results"
     shutil.copytree(sweep[0], results / "augment")
-    (results / "augment" / "flip" / "seed1" / "metrics.json").unlink()  # killed in epoch 1
+    for run in (results / "augment").glob("*/seed*"):
+        config = json.loads((run / "config.json").read_text())
+        config["args"]["epochs"] = 2
+        (run / "config.json").write_text(json.dumps(config))
+        if run.name == "seed0":  # finished: its metrics say 2 epochs
+            (run / "metrics.json").write_text(json.dumps({**metrics(run), "epochs": 2}))
+    (results / "augment" / "none" / "seed1" / "metrics.json").unlink()
     text = report.main(report.get_args_parser().parse_args(["--results", str(results)]))
-    flip = next(line for line in text.read_text().splitlines() if line.startswith("| [flip]"))
-    assert "1/2 seeds finished; seed1 started, no finished epoch" in flip
+    lines = text.read_text().splitlines()
+    flip = next(line for line in lines if line.startswith("| [flip]"))
+    assert "| 1/2 seeds finished; seed1 unfinished: 1/2 epochs | 1 |" in flip
     measured = metrics(sweep[0] / "flip" / "seed0")["test_accuracy"]
-    assert f"| {measured:.2%} ± — |" in flip
+    assert f"| {measured:.2%} |" in flip  # seed 0's alone, not seed 1's epoch-1 figure
     assert "(single run)" in flip
+    none = next(line for line in lines if line.startswith("| [none]"))
+    assert "| 1/2 seeds finished; seed1 started, no finished epoch | 1 |" in none
 
 
-def test_runs_trained_otherwise_are_neither_averaged_nor_compared_with_the_seeds(sweep, tmp_path):
-    """augment/flip/ holds the sweep's seeds, a run made without --seeds, and a seed trained
-    with other settings: three rows, the seeds' mean untouched by the other two."""
+def test_the_report_neither_averages_nor_compares_seeds_trained_otherwise(sweep, tmp_path):
+    """augment/flip/ holds the sweep's seeds 0 and 1 and a seed 5 trained with another
+    learning rate: two rows, each naming its seeds, the mean of 0 and 1 untouched by 5."""
     results = tmp_path / "results"
     shutil.copytree(sweep[0], results / "augment")
     flip = results / "augment" / "flip"
-    for file in (flip / "seed0").iterdir():  # the same arm, once without --seeds
-        shutil.copy(file, flip / file.name)
     shutil.copytree(flip / "seed0", flip / "seed5")
     config = json.loads((flip / "seed5" / "config.json").read_text())
-    config["flags"]["lr"] *= 2  # another learning rate: not the same experiment
+    config["args"]["lr"] *= 2  # another learning rate: not the same experiment
     (flip / "seed5" / "config.json").write_text(json.dumps(config))
 
     text = report.main(report.get_args_parser().parse_args(["--results", str(results)]))
     table = text.read_text().split("## Part (c): data augmentation")[1].split("**Settings**")[0]
     rows = [line for line in table.splitlines() if line.startswith("| [flip")]
-    assert len(rows) == 3, rows
-    seeded = next(row for row in rows if "2/2 seeds finished" in row)
+    assert len(rows) == 2, rows
+    seeded = next(row for row in rows if row.startswith("| [flip](augment/flip) (seed0, seed1) |"))
+    assert "| 2/2 seeds finished | 2 |" in seeded
     values = [metrics(flip / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
     mean, std = np.mean(values), np.std(values, ddof=1)
     assert f"| {format_mean_std(mean, std, '{:.2%}')} |" in seeded
     assert "(2 seeds: too few to test, need 3)" in seeded
-    other = next(row for row in rows if "1/1 seeds finished" in row)
+    other = next(row for row in rows if row.startswith("| [flip](augment/flip) (seed5) |"))
+    assert "| 1/1 seeds finished | 1 |" in other
     assert "— (reference trained with other settings)" in other
-    single = next(row for row in rows if "seeds finished" not in row)
-    assert "(single run)" in single
+    assert "a row per set of settings" in table
