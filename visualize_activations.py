@@ -11,7 +11,7 @@ seconds. It writes, in --out (default results/activations/<run or model>_<image>
   gradcam.png             Grad-CAM of the predicted class (and of --target-class)
   predictions.json        the top-5 classes with their probabilities
 
-    python visualize_activations.py --run results/scratch/cifar10_seed0   # the report's car
+    python visualize_activations.py --run results/scratch/cifar10/seed0   # the report's car
     python visualize_activations.py --run RUN --class cat --index 3 --target-class dog
     python visualize_activations.py --model transfer --weights imagenet --image photo.jpg
     python visualize_activations.py --run RUN --list-layers

@@ -345,7 +345,9 @@ class Subject:
 
 
 def _runs_below(directory):
-    return sorted(path.parent.name for path in Path(directory).glob("*/checkpoint.pt"))
+    """The run directories under a study or configuration folder, relative to it."""
+    return sorted(str(path.parent.relative_to(directory))
+                  for path in Path(directory).glob("**/checkpoint.pt"))
 
 
 def _rebuild(spec, state_dict, source):
@@ -388,7 +390,8 @@ def load_run(run_dir):
         model=model, classes=list(config["classes"]),
         mean=tuple(config["normalization"]["mean"]), std=tuple(config["normalization"]["std"]),
         stored_size=int(config["stored_image_size"]), input_size=int(config["image_size"]),
-        label=run_dir.resolve().name, description=f"run {run_dir}", config=config)
+        # <part>_<configuration>_seed<S>: the run directory's own name is only its seed
+        label="_".join(run_dir.resolve().parts[-3:]), description=f"run {run_dir}", config=config)
     eval_augment = config.get("eval_augment")
     if eval_augment not in (None, "None"):
         subject.warnings.append(f"the run evaluated images through {eval_augment}; this tool "

@@ -402,6 +402,7 @@ def bad_inputs(run_dir, foreign_run, photo, tmp_path):
     return {
         "unreadable image": (["--run", run_dir, "--image", garbage], "cannot read image"),
         "no checkpoint": (["--run", empty], "no checkpoint"),
+        "a study folder": (["--run", run_dir.parent.parent], "--run " + str(run_dir)),
         "unknown layer": (["--run", run_dir, "--layers", "relu", "layer9"], "unknown layer"),
         "unknown model": (["--run", foreign_run], "vgg11"),
         "unknown class": (["--run", run_dir, "--target-class", "dog"], "unknown class"),
@@ -412,7 +413,7 @@ def bad_inputs(run_dir, foreign_run, photo, tmp_path):
     }
 
 
-BAD = ["unreadable image", "no checkpoint", "unknown layer", "unknown model", "unknown class",
+BAD = ["unreadable image", "no checkpoint", "a study folder", "unknown layer", "unknown model", "unknown class",
        "image index", "bare without image", "scratch imagenet"]
 
 
