@@ -23,6 +23,5 @@ def build_model(spec, load_pretrained=True):
         frozen = spec.pop("freeze_children", 0)
         model = build_transfer_model(**{**spec, "weights": "none"})
         freeze_first_children(model, frozen)  # same modules (and state-dict keys) as trained
-        model.frozen_children = frozen
         return model
     raise ValueError(f"unknown model {name!r}")

@@ -35,7 +35,6 @@ from engine.checkpoint import one_line, safe_load
 from engine.errors import UserError
 
 HEADS = ("linear", "mlp", "deep")
-WEIGHT_CHOICES = ("none", "imagenet")  # or a path to a local resnet18 state dict
 
 IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 # Module-level so that tests can point it at a file they made (the real name carries the
@@ -313,11 +312,7 @@ def _check_options(weights, head, freeze_children, cifar_stem):
 def build_transfer_model(num_classes=10, weights="none", head="linear", freeze_children=0,
                          cifar_stem=False, progress=True):
     """torchvision's resnet18 with weights "none", "imagenet" or a local PATH, a new head,
-    optionally the CIFAR stem, and its first `freeze_children` children frozen.
-
-    The choices are kept on the model (weights_source, head_name, cifar_stem, frozen_children)
-    for configs and summaries.
-    """
+    optionally the CIFAR stem, and its first `freeze_children` children frozen."""
     weights = "none" if weights is None else os.fspath(weights)
     _check_options(weights, head, freeze_children, cifar_stem)
     model = torchvision.models.resnet18(weights=None)
@@ -329,18 +324,6 @@ def build_transfer_model(num_classes=10, weights="none", head="linear", freeze_c
     if cifar_stem:
         use_cifar_stem(model)
     freeze_first_children(model, freeze_children)
-    model.weights_source = weights
-    model.head_name = head
-    model.cifar_stem = cifar_stem
-    model.frozen_children = freeze_children
-    return model
-
-
-def _unwrap(model):
-    """The bare model inside torch.compile (_orig_mod) or DDP (module)."""
-    for attribute in ("_orig_mod", "module"):
-        while hasattr(model, attribute) and isinstance(getattr(model, attribute), nn.Module):
-            model = getattr(model, attribute)
     return model
 
 
@@ -349,7 +332,6 @@ def parameter_groups(model, lr, backbone_lr_mult):
 
     Frozen parameters are in no group, so weight decay and momentum never touch them.
     """
-    model = _unwrap(model)
     head_ids = {id(p) for p in model.fc.parameters()}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for _, p in trainable if id(p) in head_ids]
