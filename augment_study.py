@@ -22,11 +22,11 @@ from engine.cli import Parser, add_common_args, positive_int
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_bars, plot_runs, save_image_grid
+from engine.pretrained import model_from_spec
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import in_points, with_seeds
 from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
-from models import build_model
 
 RECIPE = dict(
     epochs=40,            # ~1,600 steps on 5,000 images
@@ -62,7 +62,7 @@ def make_experiment(name, args, splits, study_dir):
     return Experiment(
         name=name, flags=run_flags(args, STUDY_FLAGS, arm=name),
         out=run_path(study_dir, name, args),
-        make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
+        make_model=lambda: model_from_spec(spec), model_spec=spec, splits=splits,
         train_augment=train_transform, eval_augment=eval_transform,
         extra_config={"study": "augment", "arm": name, "per_image": per_image})
 

@@ -20,11 +20,11 @@ from engine.cli import Parser, add_common_args, fraction, positive_int
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment
 from engine.plots import plot_lines, plot_runs
+from engine.pretrained import model_from_spec
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import in_points, with_seeds
 from engine.study import histories_by_name, run_flags, run_path, run_seeded_study
 from engine.summary import write_summary
-from models import build_model
 from models.resnet import DROPOUT_PLACES
 from train_scratch import RECIPE
 
@@ -73,7 +73,7 @@ def make_experiments(args, splits, study_dir):
                 "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
         experiments.append(Experiment(
             name=name, flags=run_flags(args, STUDY_FLAGS, dropout=rate, dropout_at=place),
-            out=run_path(study_dir, name, args), make_model=lambda spec=spec: build_model(spec),
+            out=run_path(study_dir, name, args), make_model=lambda spec=spec: model_from_spec(spec),
             model_spec=spec, splits=splits, train_augment=CropFlip(),
             extra_config={"study": "dropout"}))
     return experiments

@@ -17,10 +17,10 @@ from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, fraction, positive_int
 from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, load_splits, run_training
+from engine.pretrained import model_from_spec
 from engine.seeds import seed_folder, seeds_note, seeds_to_run, summarise_seeds
 from engine.study import run_flags, run_seeded_study
 from engine.summary import write_summary
-from models import build_model
 from models.resnet import DROPOUT_PLACES
 
 RECIPE = dict(
@@ -52,7 +52,7 @@ def model_spec(args, num_classes):
 def make_experiment(args, splits, out, flags):
     spec = model_spec(args, len(splits.classes))
     return Experiment(name="scratch", flags=flags, out=out,
-                      make_model=lambda: build_model(spec), model_spec=spec,
+                      make_model=lambda: model_from_spec(spec), model_spec=spec,
                       splits=splits, train_augment=CropFlip())
 
 

@@ -24,13 +24,13 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.experiment import Experiment, training_device
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
+from engine.pretrained import load_weights, model_from_spec
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.study import args_per_seed, histories_by_name, run_flags, run_path
 from engine.study import run_seeded_study
 from engine.summary import write_summary
 from models import build_model
-from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, load_imagenet_state_dict
-from models.transfer import load_weights_file, parameter_groups
+from models.transfer import REPORT_FROZEN_CHILDREN, count_parameters, parameter_groups
 
 RECIPE = dict(
     epochs=30,            # as the report
@@ -86,10 +86,7 @@ def get_args_parser():
 def check_weights_available(args):
     """Fail before any training if the pretrained weights cannot be had."""
     if any(CONFIGURATIONS[name].pretrained for name in args.configs):
-        if args.weights == "imagenet":
-            load_imagenet_state_dict()
-        else:
-            load_weights_file(args.weights)
+        load_weights(args.weights)
 
 
 def make_experiment(name, args, splits, study_dir):
@@ -101,7 +98,7 @@ def make_experiment(name, args, splits, study_dir):
     return Experiment(
         name=name, flags=run_flags(args, STUDY_FLAGS, config=name),
         out=run_path(study_dir, name, args),
-        make_model=lambda: build_model(spec), model_spec=spec, splits=splits,
+        make_model=lambda: model_from_spec(spec), model_spec=spec, splits=splits,
         train_augment=CropFlip(),
         param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
         # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
@@ -114,7 +111,7 @@ def run_rows(results):
     rows = []
     for result in results:
         metrics, configuration = result.metrics, CONFIGURATIONS[result.name]
-        trainable, total = count_parameters(build_model(result.config["model"], load_pretrained=False))
+        trainable, total = count_parameters(build_model(result.config["model"]))
         report = dict(zip(("report_train", "report_val", "report_test"), configuration.report))
         rows.append({"config": result.name,
                      **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy")},

@@ -76,8 +76,8 @@ from engine.errors import exits_cleanly_on_user_error  # noqa: E402
 from engine.loader import DeviceLoader, Normalizer, channel_stats  # noqa: E402
 from engine.loop import (make_optimizer, make_scheduler, soft_or_hard_loss,  # noqa: E402
                          train_one_epoch)
+from engine.pretrained import model_from_spec  # noqa: E402
 from engine.sources import make_synthetic  # noqa: E402
-from models import build_model  # noqa: E402
 from train_scratch import RECIPE  # noqa: E402  (lr, weight decay, label smoothing of part (a))
 
 MODELS = ("resnet18_cifar", "torchvision_resnet18")
@@ -103,7 +103,7 @@ def make_model(args):
     if args.model == "resnet18_cifar":
         spec["width"] = args.width
     torch.manual_seed(0)
-    return build_model(spec)
+    return model_from_spec(spec)
 
 
 def flops_per_image(model, batch_size, image_size):
