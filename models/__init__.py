@@ -9,8 +9,8 @@ def build_model(spec, state_dict=None):
     """The model a spec describes, its backbone loaded from `state_dict` where given.
 
     A spec's "weights" only names where pretrained weights come from ("none", "imagenet" or a
-    path): the caller reads them (engine.pretrained.model_from_spec). Without a state dict the
-    architecture is the same, e.g. to load a trained run's checkpoint into.
+    path): the caller reads them. Without a state dict the architecture is the same, e.g. to
+    load a trained run's checkpoint into.
     """
     spec = dict(spec)
     name = spec.pop("name")

@@ -7,7 +7,7 @@ exactly as in the report by `print(make_head("deep", 10))`). What the report mis
 part (b)): at 32x32 ImageNet's stem leaves layer4 a 1x1 map (`cifar_stem` keeps 4x4), and its
 frozen BatchNorm layers kept updating their statistics (here they stay in eval mode).
 
-Pretrained weights come in as a state dict: reading files is the caller's job (engine.pretrained).
+Pretrained weights come in as a state dict: reading files is the caller's job.
 """
 import torch.nn as nn
 import torchvision
