@@ -23,13 +23,13 @@ from engine.configurations import RECIPES, TRANSFER, TRANSFER_COMPARISONS
 from engine.errors import exits_cleanly_on_user_error
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
+from engine.pretrained import load_weights
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name
 from engine.summary import write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
 from models import build_model
-from models.transfer import count_parameters, load_imagenet_state_dict, load_weights_file
-from models.transfer import parameter_groups
+from models.transfer import count_parameters, parameter_groups
 
 
 def get_args_parser():
@@ -51,10 +51,7 @@ def get_args_parser():
 def check_weights_available(args):
     """Fail before any training if the pretrained weights cannot be had."""
     if any(TRANSFER[name].pretrained for name in args.configs):
-        if args.weights == "imagenet":
-            load_imagenet_state_dict()
-        else:
-            load_weights_file(args.weights)
+        load_weights(args.weights)
 
 
 def make_run(name, args, splits, study):
@@ -76,7 +73,7 @@ def run_rows(runs):
     rows = []
     for run in runs:
         metrics, configuration = run.metrics, TRANSFER[run.name]
-        trainable, total = count_parameters(build_model(run.model, load_pretrained=False))
+        trainable, total = count_parameters(build_model(run.model))
         report = dict(zip(("report_train", "report_val", "report_test"), configuration.report))
         rows.append({"config": run.name,
                      **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy")},

@@ -38,8 +38,8 @@ from engine.atomic import write_json
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import make_optimizer, make_scheduler, train_one_epoch
+from engine.pretrained import model_from_spec
 from engine.sources import make_synthetic
-from models import build_model
 
 STEP_TARGETS = {"epoch_seconds": 2.0, "ratio": 5.0, "augmentation_share": 0.05}
 
@@ -108,8 +108,8 @@ def throughput(check, *extra):
 def study_model(check, num_classes=10):
     """The augmentation study's network (full-width ResNet-18; narrow with --quick)."""
     torch.manual_seed(0)
-    model = build_model({"name": "resnet18_cifar", "num_classes": num_classes,
-                         "width": 8 if check.quick else 64})
+    model = model_from_spec({"name": "resnet18_cifar", "num_classes": num_classes,
+                             "width": 8 if check.quick else 64})
     return model.to(check.device, memory_format=torch.channels_last)
 
 

@@ -76,8 +76,8 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import (make_optimizer, make_scheduler, soft_or_hard_loss,
                          train_one_epoch)
+from engine.pretrained import model_from_spec
 from engine.sources import make_synthetic
-from models import build_model
 
 MODELS = ("resnet18_cifar", "torchvision_resnet18")
 EPOCH_IMAGES = 50_000      # CIFAR-10's training set: the epoch the times are extrapolated to
@@ -102,7 +102,7 @@ def make_model(args):
     if args.model == "resnet18_cifar":
         spec["width"] = args.width
     torch.manual_seed(0)
-    return build_model(spec)
+    return model_from_spec(spec)
 
 
 def flops_per_image(model, batch_size, image_size):

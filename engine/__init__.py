@@ -1,2 +1,2 @@
 """Code every script shares: data sources, on-device batching and augmentation, the
-training loop, checkpoints, run directories, plots and command-line flags."""
+training loop, checkpoints, pretrained weights, run directories, plots and command-line flags."""

@@ -47,14 +47,13 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.models.feature_extraction import NodePathTracer
 
-from engine import atomic
+from engine import atomic, pretrained
 from engine.checkpoint import load_checkpoint
 from engine.errors import UserError
 from engine.loader import IMAGENET_STATS, Normalizer
 from engine.plots import plt, save_figure
 from engine.sources import load_source, read_image
 from models import build_model
-from models import transfer
 
 INPUT = "input"
 DEFAULT_CAM_LAYER = "layer4"
@@ -353,7 +352,7 @@ def _runs_below(directory):
 def _rebuild(spec, state_dict, source):
     try:
         # The checkpoint holds every weight: build the architecture without reading ImageNet's.
-        model = build_model(spec, load_pretrained=False)
+        model = build_model(spec)
     except (ValueError, TypeError, KeyError) as error:
         raise UserError(f"{source} is a checkpoint of a model this repository cannot build "
                         f"({error}; spec {spec!r}): use a run of train_scratch.py, "
@@ -400,7 +399,7 @@ def load_run(run_dir):
 
 
 def _scratch_from_file(path, num_classes):
-    state = transfer.load_weights_file(path)  # UserError for a missing or unsafe file
+    state = pretrained.load_weights_file(path)  # UserError for a missing or unsafe file
     if "conv1.weight" not in state or "linear.weight" not in state:
         raise UserError(f"weights file {path} is not a state dict of the hand-written ResNet-18 "
                         f"(no conv1.weight / linear.weight): use --model transfer for "
@@ -415,11 +414,12 @@ def _scratch_from_file(path, num_classes):
 
 
 def _transfer_from_file(path, num_classes, warnings):
-    state = transfer.load_weights_file(path)
+    state = pretrained.load_weights_file(path)
     head = state.get("fc.weight")
     if num_classes is None:
         num_classes = head.shape[0] if head is not None else 10
-    model = transfer.build_transfer_model(num_classes, weights=path, progress=False)
+    model = pretrained.model_from_spec({"name": "torchvision_resnet18", "num_classes": num_classes,
+                                        "weights": str(path)})
     if head is not None and head.shape == model.fc.weight.shape and "fc.bias" in state:
         model.fc.load_state_dict({"weight": head, "bias": state["fc.bias"]})
     else:
@@ -450,8 +450,8 @@ def build_bare(kind, weights, num_classes=None, input_size=None):
             raise UserError("--weights imagenet keeps ImageNet's 1000-class head: leave "
                             "--num-classes out (it is for --weights none or PATH)")
         model = torchvision.models.resnet18(weights=None)
-        model.load_state_dict(transfer.load_imagenet_state_dict(progress=sys.stderr.isatty()))
-        classes = list(transfer.IMAGENET_WEIGHTS.meta["categories"])
+        model.load_state_dict(pretrained.load_imagenet(progress=sys.stderr.isatty()))
+        classes = list(pretrained.IMAGENET_WEIGHTS.meta["categories"])
     else:
         if weights == "none":
             warnings.append("--weights none: an untrained network has random filters, so its "
@@ -459,7 +459,7 @@ def build_bare(kind, weights, num_classes=None, input_size=None):
             num_classes = num_classes or 10
             model = (build_model({"name": "resnet18_cifar", "num_classes": num_classes})
                      if kind == "scratch" else
-                     transfer.build_transfer_model(num_classes, weights="none", progress=False))
+                     build_model({"name": "torchvision_resnet18", "num_classes": num_classes}))
         elif kind == "scratch":
             model, num_classes = _scratch_from_file(weights, num_classes)
         else:

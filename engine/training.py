@@ -29,9 +29,9 @@ from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import (EpochState, evaluate, load_optimizer_state, make_optimizer,
                          make_scheduler, train_one_epoch)
 from engine.plots import plot_curves
+from engine.pretrained import model_from_spec
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
-from models import build_model
 
 # Settings that do not change what a run computes, so a run may continue with others: like
 # the number of torchrun processes they change how the numbers come out, not the experiment.
@@ -92,7 +92,7 @@ class Run:
     name: str                       # its configuration: a folder of the study
     args: argparse.Namespace        # its settings, seed included: config.json's "args"
     study: Path                     # the run directory is study/name/seed<S>
-    model: dict                     # the model spec (models.build_model)
+    model: dict                     # the model spec (engine.pretrained.model_from_spec)
     splits: Splits
     train_augment: Optional[Callable] = None   # (images, labels, generator) -> (images, targets)
     eval_augment: Optional[Callable] = None    # deterministic, applied to val/test too
@@ -365,7 +365,7 @@ def prepare_training(run, resume):
     saved = distributed.on_main(lambda: load_run_to_resume(run)) if resume else None
 
     torch.manual_seed(args.seed)  # model initialisation (the same on every rank) draws from this
-    model = build_model(run.model).to(device, memory_format=torch.channels_last)
+    model = model_from_spec(run.model).to(device, memory_format=torch.channels_last)
     if distributed.world_size() > 1:
         torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))  # own dropout
     loaders = make_loaders(run, device, Normalizer(mean, std, device, image_size=run.image_size))

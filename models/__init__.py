@@ -5,11 +5,12 @@ script can rebuild the network from a run directory.
 """
 
 
-def build_model(spec, load_pretrained=True):
-    """The model a spec describes.
+def build_model(spec, state_dict=None):
+    """The model a spec describes, its backbone loaded from `state_dict` where given.
 
-    load_pretrained=False builds the same architecture without reading pretrained weights
-    (ImageNet or a file): for rebuilding a trained run whose checkpoint holds every weight.
+    A spec's "weights" only names where pretrained weights come from ("none", "imagenet" or a
+    path): the caller reads them. Without a state dict the architecture is the same, e.g. to
+    load a trained run's checkpoint into.
     """
     spec = dict(spec)
     name = spec.pop("name")
@@ -17,12 +18,7 @@ def build_model(spec, load_pretrained=True):
         from models.resnet import resnet18
         return resnet18(**spec)
     if name == "torchvision_resnet18":
-        from models.transfer import build_transfer_model, freeze_first_children
-        if load_pretrained:
-            return build_transfer_model(**spec)
-        frozen = spec.pop("freeze_children", 0)
-        model = build_transfer_model(**{**spec, "weights": "none"})
-        freeze_first_children(model, frozen)  # same modules (and state-dict keys) as trained
-        model.frozen_children = frozen
-        return model
+        from models.transfer import build_transfer_model
+        spec.pop("weights", None)
+        return build_transfer_model(**spec, state_dict=state_dict)
     raise ValueError(f"unknown model {name!r}")

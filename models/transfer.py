@@ -1,54 +1,23 @@
-"""torchvision's ResNet-18 for transfer learning (part (b)): weights, heads, freezing.
+"""torchvision's ResNet-18 for transfer learning (part (b)): heads, CIFAR stem, freezing.
 
 The report's four configurations: random init vs ImageNet weights, all layers trainable vs
 the first 7 children frozen (conv1, bn1, relu, maxpool, layer1, layer2, layer3), with a
 linear head or one of its two MLP heads ("mlp" = config 1, "deep" = config 2, printed
-exactly as in the report by `print(make_head("deep", 10))`).
+exactly as in the report by `print(make_head("deep", 10))`). What the report missed (README,
+part (b)): at 32x32 ImageNet's stem leaves layer4 a 1x1 map (`cifar_stem` keeps 4x4), and its
+frozen BatchNorm layers kept updating their statistics (here they stay in eval mode).
 
-What the report missed: ImageNet's stem (7x7 stride-2 conv + 3x3 stride-2 max-pool) divides
-the side by 4 before layer1, and layer2..layer4 halve it three more times, so a 32x32 CIFAR
-image is 1x1 by layer4: the pretrained features see almost no spatial structure. The
-`cifar_stem` option swaps in a 3x3 stride-1 conv1 (freshly initialised) and drops the
-max-pool, so layer4 sees 4x4, as in the hand-written CIFAR ResNet (models/resnet.py);
-every other layer keeps its ImageNet weights. The usual alternative is to upsample the
-images to 224x224 (16x the compute, done by the data loader, not here).
-
-Also unlike the report, freezing here really freezes: the report set requires_grad=False,
-but its frozen BatchNorm layers were still in train mode, so their running statistics kept
-drifting towards CIFAR batches. Frozen BatchNorm layers here stay in eval mode.
-
-Pretrained weights are data, never code: every file is loaded with weights_only=True, and the
-cached ImageNet file's SHA-256 is checked against the prefix in its name on every load
-(torch.hub checks it only when it downloads).
+Pretrained weights come in as a state dict: reading files is the caller's job.
 """
-import hashlib
-import http.client
-import os
-import pathlib
-import urllib.parse
-
-import torch
 import torch.nn as nn
 import torchvision
 
-from engine.checkpoint import one_line, safe_load
-from engine.errors import UserError
-
 HEADS = ("linear", "mlp", "deep")
-WEIGHT_CHOICES = ("none", "imagenet")  # or a path to a local resnet18 state dict
-
-IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-# Module-level so that tests can point it at a file they made (the real name carries the
-# hash prefix of the real file, which a generated file cannot match).
-IMAGENET_URL = IMAGENET_WEIGHTS.url
 
 # model.children() order of torchvision's ResNet; the report froze the first 7 (up to layer3).
 CHILD_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                "avgpool", "fc")
 REPORT_FROZEN_CHILDREN = 7
-
-# Wrappers whose prefixes appear in state dicts saved from DDP ("module.") or torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -58,9 +27,9 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def make_head(name, num_classes, in_features=512):
     """The classifier that replaces model.fc: "linear", or the report's config 1 / config 2."""
     if name not in HEADS:
-        raise UserError(f"unknown head {name!r}: choose one of {', '.join(HEADS)}")
+        raise ValueError(f"unknown head {name!r}: choose one of {', '.join(HEADS)}")
     if num_classes < 1:
-        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if name == "linear":
         return nn.Linear(in_features, num_classes)
     if name == "mlp":
@@ -80,122 +49,8 @@ def make_head(name, num_classes, in_features=512):
 
 
 # ---------------------------------------------------------------------------------------
-# Weights: the hub cache, local files
+# Pretrained weights (read by the caller)
 # ---------------------------------------------------------------------------------------
-
-def imagenet_file_name():
-    """resnet18-f37072fd.pth: the last part of the weights' URL, as torch.hub names it."""
-    return os.path.basename(urllib.parse.urlparse(IMAGENET_URL).path)
-
-
-def imagenet_cache_path():
-    """Where torch.hub keeps the ImageNet file: $TORCH_HOME/hub/checkpoints/<file name>.
-
-    torch.hub.get_dir() reads TORCH_HOME (default ~/.cache/torch) at call time, so this follows
-    the environment the script runs in, exactly as torchvision's own download does.
-    """
-    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / imagenet_file_name()
-
-
-def expected_hash_prefix(file_name):
-    """The `<prefix>` of `name-<prefix>.pth`, parsed with torch.hub's own pattern."""
-    match = torch.hub.HASH_REGEX.search(file_name)
-    if match is None or not match.group(1):
-        raise ValueError(f"{file_name} has no '-<sha256 prefix>.' part")
-    return match.group(1)
-
-
-def sha256_of_file(path, chunk_bytes=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_hash_prefix(path, expected_prefix):
-    """Refuse a cached file whose SHA-256 does not start with the prefix in its name.
-
-    A partial copy or a different file dropped into the cache would otherwise be loaded as
-    "ImageNet weights" and silently spoil every pretrained run.
-    """
-    actual = sha256_of_file(path)
-    if not actual.startswith(expected_prefix):
-        raise UserError(
-            f"{path} is not the expected ImageNet ResNet-18 file: its SHA-256 starts with "
-            f"{actual[:len(expected_prefix)]}, expected {expected_prefix}; delete it so that it "
-            f"is downloaded again, or pass --weights PATH"
-        )
-
-
-def _strip_wrapper_prefixes(state_dict):
-    """Keys saved from a DDP or torch.compile wrapper, as the bare model's keys."""
-    for prefix in _WRAPPER_PREFIXES:
-        if state_dict and all(key.startswith(prefix) for key in state_dict):
-            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
-def _is_state_dict(obj):
-    return (isinstance(obj, dict) and len(obj) > 0
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
-
-
-def load_weights_file(path):
-    """A state dict from a local file: a raw one, or a checkpoint's {"model": state_dict}.
-
-    weights_only=True: a file that pickles code is refused instead of run.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist: pass --weights PATH of a resnet18 "
-                        f"state dict saved with torch.save")
-    loaded = safe_load(path, f"weights file {path}", "pass --weights PATH of a state dict saved "
-                       "with torch.save(model.state_dict(), PATH)")
-    for key in ("model", "state_dict"):  # a training checkpoint holding the model's state dict
-        if isinstance(loaded, dict) and _is_state_dict(loaded.get(key)):
-            loaded = loaded[key]
-            break
-    if not _is_state_dict(loaded):
-        raise UserError(f"weights file {path} does not hold a state dict (a dict of name -> "
-                        f"tensor, or a checkpoint with one under 'model'): pass --weights PATH "
-                        f"of a file saved with torch.save(model.state_dict(), PATH)")
-    return _strip_wrapper_prefixes(loaded)
-
-
-def _download_imagenet_state_dict(cache_path, progress):
-    """torchvision's own download (what IMAGENET_WEIGHTS.get_state_dict does), into the cache.
-
-    Called with IMAGENET_URL rather than through the enum so that the URL stays patchable;
-    check_hash=True makes torch.hub verify the download against the name's prefix.
-    """
-    return torch.hub.load_state_dict_from_url(
-        IMAGENET_URL, model_dir=str(cache_path.parent), map_location="cpu",
-        progress=progress, check_hash=True, file_name=cache_path.name, weights_only=True,
-    )
-
-
-def load_imagenet_state_dict(progress=True):
-    """ImageNet ResNet-18 weights: the verified hub-cache file, else a download, else UserError."""
-    cache_path = imagenet_cache_path()
-    if cache_path.is_file():
-        verify_hash_prefix(cache_path, expected_hash_prefix(cache_path.name))
-        return load_weights_file(cache_path)
-    try:
-        return _download_imagenet_state_dict(cache_path, progress)
-    except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, SSL, disk
-        raise UserError(
-            f"ImageNet weights not found at {cache_path} and cannot be downloaded "
-            f"({one_line(error)[:200]}): put {cache_path.name} there (from {IMAGENET_URL}; "
-            f"TORCH_HOME defaults to ~/.cache/torch), or pass --weights PATH"
-        ) from None
-    except RuntimeError as error:  # torch.hub's "invalid hash value", or an unreadable download
-        raise UserError(
-            f"downloaded ImageNet weights to {cache_path} but could not use them "
-            f"({one_line(error)[:200]}): delete any partial {cache_path.name} and retry, "
-            f"or pass --weights PATH"
-        ) from None
-
 
 def _few(keys, limit=4):
     keys = list(keys)
@@ -203,10 +58,10 @@ def _few(keys, limit=4):
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _load_backbone(model, state_dict, source):
-    """Load every layer but the head with strict=True, or say in one line why the file does not fit.
+def _load_backbone(model, state_dict):
+    """Every layer but the head, strict; a ValueError says in one line why the dict does not fit.
 
-    The head is left out on both sides: it is replaced anyway, and a file saved from a model
+    The head is left out on both sides: it is replaced anyway, and a dict saved from a model
     with another number of classes would otherwise fail on fc's shape.
     """
     backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
@@ -215,17 +70,12 @@ def _load_backbone(model, state_dict, source):
     missing = [key for key in expected if key not in backbone]
     unexpected = [key for key in backbone if key not in expected]
     if missing or unexpected:
-        raise UserError(
-            f"{source} is not a resnet18 state dict: missing keys {_few(missing) or 'none'}; "
-            f"unexpected keys {_few(unexpected) or 'none'}: pass --weights PATH of a "
-            f"torchvision resnet18 state dict, or --weights imagenet"
-        )
+        raise ValueError(f"missing keys {_few(missing) or 'none'}; "
+                         f"unexpected keys {_few(unexpected) or 'none'}")
     wrong_shape = [f"{k} {tuple(backbone[k].shape)} vs {tuple(v.shape)}"
                    for k, v in expected.items() if backbone[k].shape != v.shape]
     if wrong_shape:
-        raise UserError(f"{source} does not fit resnet18: shapes differ for "
-                        f"{_few(wrong_shape, 3)}: pass --weights PATH of a torchvision resnet18 "
-                        f"state dict (with the ImageNet 7x7 stem)")
+        raise ValueError(f"shapes differ for {_few(wrong_shape, 3)}")
     head = model.fc
     model.fc = nn.Identity()  # no parameters: strict=True now checks exactly the backbone
     model.load_state_dict(backbone, strict=True)
@@ -245,17 +95,10 @@ def use_cifar_stem(model):
 
 
 class EvalModeBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that stays in eval mode: model.train() does not reach its statistics.
+    """A BatchNorm2d that stays in eval mode, whichever module train() is called on.
 
-    Why this and not the alternatives:
-    - overriding train() on the model misses calls on a sub-module (model.layer1.train()) and
-      needs a ResNet subclass;
-    - torchvision.ops.FrozenBatchNorm2d turns weight/bias into buffers and drops
-      num_batches_tracked, so state dict keys and parameter counts would differ between frozen
-      and unfrozen runs of the same architecture.
-    This subclass has the same parameters, buffers and state dict keys as nn.BatchNorm2d, and
-    nn.Module.train() calls train() on every module recursively, so it is caught wherever the
-    mode is set from.
+    Unlike torchvision's FrozenBatchNorm2d it keeps BatchNorm2d's parameters and state-dict
+    keys, so frozen and unfrozen runs of one architecture load each other's checkpoints.
     """
 
     def train(self, mode=True):
@@ -294,53 +137,29 @@ def freeze_first_children(model, count):
 # The model
 # ---------------------------------------------------------------------------------------
 
-def _check_options(weights, head, freeze_children, cifar_stem):
-    if head not in HEADS:
-        raise UserError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+def _check_options(freeze_children, cifar_stem):
     # The head is never frozen: with nothing trainable there would be nothing to train.
     most = len(CHILD_NAMES) - 1
     if not 0 <= freeze_children <= most:
-        raise UserError(f"freeze_children must be between 0 and {most} (children "
-                        f"{', '.join(CHILD_NAMES)}), got {freeze_children}")
-    if freeze_children and weights == "none":
-        raise UserError(f"freezing {freeze_children} children of a randomly initialised model "
-                        f"keeps random weights fixed: use --weights imagenet (or PATH) or freeze 0")
+        raise ValueError(f"freeze_children must be between 0 and {most} (children "
+                         f"{', '.join(CHILD_NAMES)}), got {freeze_children}")
     if freeze_children and cifar_stem:
-        raise UserError("the CIFAR stem's conv1 is freshly initialised, so it cannot be frozen: "
-                        "freeze 0 children with the CIFAR stem, or drop the CIFAR stem")
+        raise ValueError("the CIFAR stem's conv1 is freshly initialised, so it cannot be "
+                         "frozen: freeze 0 children with the CIFAR stem, or drop the stem")
 
 
-def build_transfer_model(num_classes=10, weights="none", head="linear", freeze_children=0,
-                         cifar_stem=False, progress=True):
-    """torchvision's resnet18 with weights "none", "imagenet" or a local PATH, a new head,
-    optionally the CIFAR stem, and its first `freeze_children` children frozen.
-
-    The choices are kept on the model (weights_source, head_name, cifar_stem, frozen_children)
-    for configs and summaries.
-    """
-    weights = "none" if weights is None else os.fspath(weights)
-    _check_options(weights, head, freeze_children, cifar_stem)
+def build_transfer_model(num_classes=10, head="linear", freeze_children=0, cifar_stem=False,
+                         state_dict=None):
+    """torchvision's resnet18 with `state_dict`'s backbone (random init without one), a new
+    head, optionally the CIFAR stem, and its first `freeze_children` children frozen."""
+    _check_options(freeze_children, cifar_stem)
     model = torchvision.models.resnet18(weights=None)
-    if weights == "imagenet":
-        _load_backbone(model, load_imagenet_state_dict(progress), f"{imagenet_cache_path()}")
-    elif weights != "none":
-        _load_backbone(model, load_weights_file(weights), f"weights file {weights}")
+    if state_dict is not None:
+        _load_backbone(model, state_dict)
     model.fc = make_head(head, num_classes, in_features=model.fc.in_features)
     if cifar_stem:
         use_cifar_stem(model)
     freeze_first_children(model, freeze_children)
-    model.weights_source = weights
-    model.head_name = head
-    model.cifar_stem = cifar_stem
-    model.frozen_children = freeze_children
-    return model
-
-
-def _unwrap(model):
-    """The bare model inside torch.compile (_orig_mod) or DDP (module)."""
-    for attribute in ("_orig_mod", "module"):
-        while hasattr(model, attribute) and isinstance(getattr(model, attribute), nn.Module):
-            model = getattr(model, attribute)
     return model
 
 
@@ -349,11 +168,10 @@ def parameter_groups(model, lr, backbone_lr_mult):
 
     Frozen parameters are in no group, so weight decay and momentum never touch them.
     """
-    model = _unwrap(model)
     head_ids = {id(p) for p in model.fc.parameters()}
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for _, p in trainable if id(p) in head_ids]
-    backbone = [p for _, p in trainable if id(p) not in head_ids]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = [p for p in trainable if id(p) in head_ids]
+    backbone = [p for p in trainable if id(p) not in head_ids]
     groups = []
     if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})

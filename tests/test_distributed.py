@@ -142,7 +142,7 @@ def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(
 def test_sync_bn_converts_trainable_batchnorm_and_keeps_frozen_layers_in_eval_mode():
     spec = {"name": "torchvision_resnet18", "num_classes": 10, "weights": "none", "head": "mlp",
             "freeze_children": 7, "cifar_stem": False}
-    model = build_model(spec, load_pretrained=False)
+    model = build_model(spec)
     parameters = {name: id(parameter) for name, parameter in model.named_parameters()}
     frozen = sum(isinstance(module, EvalModeBatchNorm2d) for module in model.modules())
     plain = sum(type(module) is torch.nn.BatchNorm2d for module in model.modules())

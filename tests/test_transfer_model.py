@@ -1,21 +1,13 @@
-"""models/transfer.py: heads as printed in the report, freezing, CIFAR stem, weight loading.
-
-No network: ImageNet weights are stood in for by a random resnet18 state dict saved in the
-hub-cache layout, and the downloader is replaced by one that fails like an offline machine.
+"""models/transfer.py: heads as printed in the report, freezing, CIFAR stem, loading a
+backbone from a state dict (reading weight files is engine/pretrained.py's: test_pretrained.py).
+Pretrained weights are stood in for by a random resnet18 state dict.
 """
-import hashlib
-import io
-import pathlib
-import pickle
-import urllib.error
-
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 
-from engine.errors import UserError
-from models import transfer
+from models import build_model, transfer
 
 # The two heads exactly as the report prints them (its config 2 typo "in features" included).
 REPORT_CONFIG_1 = """
@@ -71,39 +63,15 @@ def normalise_printout(text):
             .replace("out features", "out_features") for line in text.strip().splitlines()]
 
 
-def random_resnet18_bytes(seed=0):
-    """A resnet18 state dict serialised in memory, so its SHA-256 is known before it is named."""
+def random_resnet18(seed=0):
     torch.manual_seed(seed)
-    buffer = io.BytesIO()
-    torch.save(torchvision.models.resnet18().state_dict(), buffer)
-    return buffer.getvalue()
-
-
-def save_resnet18(path, seed=0):
-    path.write_bytes(random_resnet18_bytes(seed))
-    return torch.load(path, weights_only=True)
-
-
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    """An empty TORCH_HOME, no hub dir override, and a downloader that fails like no network."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return home
+    return torchvision.models.resnet18().state_dict()
 
 
 @pytest.fixture(scope="module")
-def pretrained_file(tmp_path_factory):
-    """One weights file for the tests that need some pretrained resnet18, not particular values."""
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    save_resnet18(path)
-    return path
+def pretrained():
+    """One state dict for the tests that need some pretrained resnet18, not particular values."""
+    return random_resnet18()
 
 
 def frozen_state(model, names):
@@ -131,16 +99,14 @@ def test_head_printout_matches_report(head, printout):
 def test_linear_head_and_class_count():
     assert describe(transfer.make_head("linear", 100)) == ("Linear", 512, 100)
     assert transfer.make_head("deep", 7)[-1].out_features == 7
-    with pytest.raises(UserError, match="linear, mlp, deep"):
+    with pytest.raises(ValueError, match="linear, mlp, deep"):
         transfer.make_head("resnet", 10)
 
 
 # --- freezing ---------------------------------------------------------------------------
 
-def test_frozen_children_and_their_batchnorm_statistics_do_not_change(tmp_path):
-    weights = tmp_path / "resnet18.pth"
-    save_resnet18(weights)
-    model = transfer.build_transfer_model(weights=weights, head="mlp", freeze_children=7)
+def test_frozen_children_and_their_batchnorm_statistics_do_not_change(pretrained):
+    model = transfer.build_transfer_model(head="mlp", freeze_children=7, state_dict=pretrained)
     frozen_names = transfer.CHILD_NAMES[:7]
     before_frozen = frozen_state(model, frozen_names)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -169,8 +135,8 @@ def test_frozen_children_and_their_batchnorm_statistics_do_not_change(tmp_path):
     assert not torch.equal(layer4_mean, model.layer4[0].bn1.running_mean)  # not frozen: learns
 
 
-def test_frozen_batchnorm_ignores_train_from_any_level(pretrained_file):
-    model = transfer.build_transfer_model(weights=pretrained_file, freeze_children=7)
+def test_frozen_batchnorm_ignores_train_from_any_level(pretrained):
+    model = transfer.build_transfer_model(freeze_children=7, state_dict=pretrained)
     model.train()
     model.layer1.train()  # a call on a sub-module must not switch it back either
     batchnorms = {name: module.training for name, module in model.named_modules()
@@ -180,19 +146,41 @@ def test_frozen_batchnorm_ignores_train_from_any_level(pretrained_file):
     assert batchnorms["layer4.0.bn1"] is True
     # Same keys as an unfrozen model, so checkpoints load either way.
     assert model.state_dict().keys() == transfer.build_transfer_model().state_dict().keys()
-    assert model.frozen_children == 7
 
 
-def test_freezing_options_out_of_range_are_refused(pretrained_file):
-    with pytest.raises(UserError, match="between 0 and 9"):
-        transfer.build_transfer_model(weights=pretrained_file, freeze_children=10)
-    with pytest.raises(UserError, match="randomly initialised"):
-        transfer.build_transfer_model(weights="none", freeze_children=7)
-    with pytest.raises(UserError, match="CIFAR stem"):
-        transfer.build_transfer_model(weights=pretrained_file, freeze_children=7,
-                                      cifar_stem=True)
-    with pytest.raises(UserError, match="unknown head"):
+def test_options_out_of_range_are_refused(pretrained):
+    with pytest.raises(ValueError, match="between 0 and 9"):
+        transfer.build_transfer_model(freeze_children=10, state_dict=pretrained)
+    with pytest.raises(ValueError, match="CIFAR stem"):
+        transfer.build_transfer_model(freeze_children=7, cifar_stem=True, state_dict=pretrained)
+    with pytest.raises(ValueError, match="unknown head"):
         transfer.build_transfer_model(head="big")
+
+
+def test_a_spec_naming_weights_builds_the_same_architecture_without_them():
+    """For a trained run's checkpoint: frozen layers and state-dict keys as trained."""
+    spec = {"name": "torchvision_resnet18", "num_classes": 3, "weights": "imagenet",
+            "head": "mlp", "freeze_children": 7}
+    model = build_model(spec)
+    assert isinstance(model.layer3[1].bn2, transfer.EvalModeBatchNorm2d)
+    assert not model.layer3[1].conv2.weight.requires_grad
+    assert model.layer4[0].conv1.weight.requires_grad
+    unfrozen = transfer.build_transfer_model(3, head="mlp")
+    assert model.state_dict().keys() == unfrozen.state_dict().keys()
+
+
+def test_a_state_dict_of_another_model_is_refused_with_its_keys_or_shapes():
+    with pytest.raises(ValueError) as error:
+        transfer.build_transfer_model(state_dict=nn.Linear(3, 2).state_dict())
+    message = str(error.value)
+    assert "missing keys conv1.weight" in message
+    assert "unexpected keys weight, bias" in message and "\n" not in message
+    cifar_stem = transfer.build_transfer_model(cifar_stem=True).state_dict()
+    with pytest.raises(ValueError, match=r"shapes differ for conv1.weight \(64, 3, 3, 3\)"):
+        transfer.build_transfer_model(state_dict=cifar_stem)
+    # Only the head may differ: it is replaced anyway.
+    other_head = transfer.build_transfer_model(num_classes=7, head="mlp").state_dict()
+    transfer.build_transfer_model(num_classes=10, state_dict=other_head)
 
 
 # --- CIFAR stem -------------------------------------------------------------------------
@@ -206,11 +194,10 @@ def layer4_output_shapes(model, images):
     return tuple(logits.shape), tuple(shapes[0])
 
 
-def test_cifar_stem_keeps_pretrained_layers_and_sees_4x4(tmp_path):
-    weights = tmp_path / "resnet18.pth"
-    loaded = save_resnet18(weights)
-    cifar = transfer.build_transfer_model(weights=weights, cifar_stem=True)
-    imagenet = transfer.build_transfer_model(weights=weights)
+def test_cifar_stem_keeps_pretrained_layers_and_sees_4x4():
+    loaded = random_resnet18()
+    cifar = transfer.build_transfer_model(cifar_stem=True, state_dict=loaded)
+    imagenet = transfer.build_transfer_model(state_dict=loaded)
 
     ours = cifar.state_dict()
     for key, value in loaded.items():
@@ -229,132 +216,10 @@ def test_cifar_stem_keeps_pretrained_layers_and_sees_4x4(tmp_path):
     assert logits == (2, 10) and layer4 == (2, 512, 1, 1)
 
 
-# --- ImageNet weights in the hub cache --------------------------------------------------
-
-def test_imagenet_cache_path_follows_torch_home(torch_home):
-    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert transfer.imagenet_cache_path() == expected
-    assert transfer.imagenet_file_name() == "resnet18-f37072fd.pth"
-    assert transfer.IMAGENET_URL == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-
-
-def test_imagenet_weights_load_from_hub_cache(torch_home, monkeypatch):
-    data = random_resnet18_bytes(seed=1)
-    prefix = hashlib.sha256(data).hexdigest()[:8]
-    monkeypatch.setattr(transfer, "IMAGENET_URL",
-                        f"https://download.pytorch.org/models/resnet18-{prefix}.pth")
-    cached = torch_home / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(data)
-    loads = []
-    real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
-
-    model = transfer.build_transfer_model(weights="imagenet", head="mlp")
-
-    assert loads and all(k.get("weights_only") is True for k in loads)
-    saved = real_load(io.BytesIO(data), weights_only=True)
-    ours = model.state_dict()
-    for key, value in saved.items():
-        if not key.startswith("fc."):
-            assert torch.equal(ours[key], value), key
-    assert model.weights_source == "imagenet"
-
-
-def test_imagenet_cache_file_with_wrong_hash_is_refused_unloaded(torch_home, monkeypatch):
-    cached = transfer.imagenet_cache_path()  # the real name: resnet18-f37072fd.pth
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(random_resnet18_bytes())
-    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded an unverified file"))
-    with pytest.raises(UserError) as error:
-        transfer.build_transfer_model(weights="imagenet")
-    message = str(error.value)
-    assert str(cached) in message and "f37072fd" in message and "delete" in message
-    assert "--weights" in message
-
-
-def test_verify_hash_prefix(tmp_path):
-    path = tmp_path / "file.bin"
-    path.write_bytes(b"abc")
-    digest = hashlib.sha256(b"abc").hexdigest()
-    transfer.verify_hash_prefix(path, digest[:8])
-    with pytest.raises(UserError, match=digest[:8]):
-        transfer.verify_hash_prefix(path, "00000000")
-    assert transfer.expected_hash_prefix("resnet18-f37072fd.pth") == "f37072fd"
-
-
-def test_offline_without_cached_weights_names_path_and_fix(torch_home):
-    with pytest.raises(UserError) as error:
-        transfer.build_transfer_model(weights="imagenet", progress=False)
-    message = str(error.value)
-    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert str(expected) in message
-    assert "resnet18-f37072fd.pth" in message and "--weights" in message
-    assert "\n" not in message
-    assert not expected.exists()
-
-
-# --- local weights files ----------------------------------------------------------------
-
-def test_weights_file_of_another_model_names_keys(tmp_path):
-    path = tmp_path / "linear.pth"
-    torch.save(nn.Linear(3, 2).state_dict(), path)
-    with pytest.raises(UserError) as error:
-        transfer.build_transfer_model(weights=path)
-    message = str(error.value)
-    assert str(path) in message
-    assert "missing keys" in message and "conv1.weight" in message
-    assert "unexpected keys" in message and "weight" in message.split("unexpected keys")[1]
-    assert "\n" not in message
-
-
-class RunsCodeWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
-def test_weights_file_that_pickles_code_is_refused_and_not_run(tmp_path):
-    path, marker = tmp_path / "evil.pth", tmp_path / "marker"
-    torch.save({"conv1.weight": torch.zeros(1), "payload": RunsCodeWhenUnpickled(marker)}, path)
-    # The payload is real: plain unpickling would create the file.
-    proof = tmp_path / "proof"
-    pickle.loads(pickle.dumps(RunsCodeWhenUnpickled(proof)))
-    assert proof.exists()
-
-    with pytest.raises(UserError) as error:
-        transfer.build_transfer_model(weights=path)
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
-    assert "\x1b" not in str(error.value)
-    assert not marker.exists()
-
-
-def test_truncated_missing_and_non_state_dict_files_are_refused(tmp_path):
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(random_resnet18_bytes()[:100_000])
-    not_a_state_dict = tmp_path / "list.pth"
-    torch.save([1, 2, 3], not_a_state_dict)
-    for path in (truncated, tmp_path / "missing.pth", not_a_state_dict):
-        with pytest.raises(UserError) as error:
-            transfer.load_weights_file(path)
-        assert str(path) in str(error.value) and "\n" not in str(error.value)
-
-
-def test_checkpoint_with_model_key_is_accepted(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    state = torchvision.models.resnet18().state_dict()
-    torch.save({"model": state, "epoch": 3}, path)
-    loaded = transfer.load_weights_file(path)
-    assert loaded.keys() == state.keys()
-
-
 # --- optimizer groups, counts -----------------------------------------------------------
 
-def test_parameter_groups_head_backbone_and_frozen(pretrained_file):
-    model = transfer.build_transfer_model(weights=pretrained_file, head="mlp",
-                                          freeze_children=7)
+def test_parameter_groups_head_backbone_and_frozen(pretrained):
+    model = transfer.build_transfer_model(head="mlp", freeze_children=7, state_dict=pretrained)
     groups = transfer.parameter_groups(model, lr=0.1, backbone_lr_mult=0.01)
     by_name = {group["name"]: group for group in groups}
     assert by_name["head"]["lr"] == 0.1

@@ -3,7 +3,6 @@ families, layer statistics and Grad-CAM on constructed models whose answers are 
 output file of the script, and each bad input answered with one line and exit status 2.
 """
 import csv
-import hashlib
 import io
 import json
 
@@ -17,12 +16,12 @@ from PIL import Image
 
 import train_scratch
 import visualize_activations
-from conftest import QUICK, run_script, write_image_tree
+from conftest import QUICK, run_script, use_stand_in_imagenet, write_image_tree
 from engine import activations
 from engine.activations import LayerCapture
 from engine.errors import UserError
 from engine.loader import IMAGENET_STATS
-from models import build_model, transfer
+from models import build_model
 from models.transfer import build_transfer_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -116,7 +115,7 @@ def test_capture_handwritten_resnet_in_forward_order_with_functional_relus():
 
 
 def test_capture_torchvision_resnet_keeps_outputs_that_inplace_relus_would_overwrite():
-    model = build_transfer_model(num_classes=10, weights="none", progress=False)
+    model = build_transfer_model(num_classes=10)
     assert model.relu.inplace  # torchvision's choice, which capture must undo
     capture, outputs = check_capture_against_hooks(model, 64)
     assert capture.names[:5] == ["input", "conv1", "bn1", "relu", "maxpool"]
@@ -261,14 +260,12 @@ def test_bare_imagenet_model_keeps_its_1000_class_head(offline_torch_home, monke
     pretrained = torchvision.models.resnet18(weights=None)
     buffer = io.BytesIO()
     torch.save(pretrained.state_dict(), buffer)
-    prefix = hashlib.sha256(buffer.getvalue()).hexdigest()[:8]  # as the hub-cache name demands
-    monkeypatch.setattr(transfer, "IMAGENET_URL",
-                        f"https://download.pytorch.org/models/resnet18-{prefix}.pth")
-    cached = offline_torch_home / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
+    cached = use_stand_in_imagenet(monkeypatch, buffer.getvalue())
+    assert cached.parent == offline_torch_home / "hub" / "checkpoints"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(buffer.getvalue())
     subject = activations.build_bare("transfer", "imagenet")
-    assert subject.classes == transfer.IMAGENET_WEIGHTS.meta["categories"]
+    assert subject.classes == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     assert len(subject.classes) == 1000 and not subject.warnings
     assert torch.equal(subject.model.fc.weight, pretrained.fc.weight)
     assert (subject.mean, subject.std) == IMAGENET_STATS and subject.input_size == 224
@@ -281,7 +278,7 @@ def test_transfer_run_rebuilds_offline_from_its_checkpoint(offline_torch_home, t
     file nor the freezing to be rebuilt: every weight is in its checkpoint."""
     spec = {"name": "torchvision_resnet18", "num_classes": 3, "weights": "imagenet",
             "head": "mlp", "freeze_children": 7, "cifar_stem": False}
-    trained = build_transfer_model(3, weights="none", head="mlp", progress=False)
+    trained = build_transfer_model(3, head="mlp")
     config = {"model": spec, "classes": ["a", "b", "c"], "dataset": "folder",
               "normalization": {"mean": list(IMAGENET_STATS[0]), "std": list(IMAGENET_STATS[1])},
               "stored_image_size": 32, "image_size": 64, "eval_augment": "None",
