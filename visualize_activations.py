@@ -1,20 +1,10 @@
 """Part (d): every layer's activations of a network for one image, layer statistics, Grad-CAM.
 
-The report showed a few layers' channels of its transfer-learned network for one CIFAR-10 car.
-This shows every layer (or the chosen ones) of any run of this repository, or of a bare
-torchvision / hand-written ResNet-18, for a test image or any photograph, on the CPU in
-seconds. It writes, in --out (default results/activations/<run or model>_<image>/):
-
-  layers/NNN_<layer>.png  each layer's channels as grayscale maps (each scaled on its own)
-  overview.png            a few channels of each layer from the input to layer4, one page
-  stats.csv               per layer: shape, mean, std, min, max, fraction of zeros, dead channels
-  gradcam.png             Grad-CAM of the predicted class (and of --target-class)
-  predictions.json        the top-5 classes with their probabilities
+Writes layers/NNN_<layer>.png, overview.png, stats.csv, gradcam.png and predictions.json into
+--out; README part (d) describes them, with more examples.
 
     python visualize_activations.py --run results/scratch/cifar10/seed0   # the report's car
-    python visualize_activations.py --run RUN --class cat --index 3 --target-class dog
     python visualize_activations.py --model transfer --weights imagenet --image photo.jpg
-    python visualize_activations.py --run RUN --list-layers
 """
 import re
 import sys
@@ -34,7 +24,7 @@ def get_args_parser():
     source.add_argument("--run", metavar="DIR",
                         help="a run directory of train_scratch.py, train_transfer.py, "
                              "augment_study.py or dropout_sweep.py (its checkpoint.pt)")
-    source.add_argument("--model", choices=activations.BARE_MODELS,
+    source.add_argument("--model", choices=list(activations.BARE_MODELS),
                         help="a bare network: the hand-written CIFAR ResNet-18 or torchvision's")
     model.add_argument("--weights", metavar="imagenet|none|PATH",
                        help="with --model: ImageNet weights (transfer only, with its 1000-class "
@@ -72,38 +62,32 @@ def get_args_parser():
 
     run = parser.add_argument_group("output")
     run.add_argument("--out", default=None, metavar="DIR",
-                     help="output folder (default: results/activations/<run or model>_<image>)")
+                     help="output folder (default: results/activations/<part>_<configuration>_"
+                          "seed<S>_<image>, or <model>_<weights>_<image> with --model)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an earlier result in --out (otherwise refuse)")
     return parser
 
 
 def check_flag_combinations(args):
-    """Flags that belong to the other mode are refused rather than silently ignored."""
-    if args.model:
-        if args.weights is None:
-            raise UserError("--model needs --weights imagenet, none or PATH")
-        misplaced = [flag for flag, value in (("--class", args.class_name), ("--index", args.index),
-                                             ("--data-dir", args.data_dir)) if value is not None]
-        if misplaced:
-            raise UserError(f"{', '.join(misplaced)}: only with --run DIR (they choose an image "
-                            f"of the run's dataset); with --model pass --image PATH")
-        if args.image is None and not args.list_layers:
-            raise UserError("--model needs --image PATH (a bare model has no dataset)")
-    else:
-        bare_only = (("--weights", args.weights), ("--num-classes", args.num_classes),
-                     ("--image-size", args.image_size))
-        misplaced = [flag for flag, value in bare_only if value is not None]
-        if misplaced:
-            raise UserError(f"{', '.join(misplaced)}: only with --model (a run directory brings "
-                            f"its own model, classes and input size)")
+    """Flags of the other mode are refused rather than silently ignored."""
+    if args.model and args.weights is None:
+        raise UserError("--model needs --weights imagenet, none or PATH")
+    other_mode = ({"--class": args.class_name, "--index": args.index, "--data-dir": args.data_dir}
+                  if args.model else {"--weights": args.weights,
+                                      "--num-classes": args.num_classes,
+                                      "--image-size": args.image_size})
+    misplaced = ", ".join(flag for flag, value in other_mode.items() if value is not None)
+    if misplaced and args.model:
+        raise UserError(f"{misplaced}: only with --run DIR (they choose an image of the run's "
+                        f"dataset); with --model pass --image PATH")
+    if misplaced:
+        raise UserError(f"{misplaced}: only with --model (a run directory brings its own model, "
+                        f"classes and input size)")
+    if args.model and args.image is None and not args.list_layers:
+        raise UserError("--model needs --image PATH (a bare model has no dataset)")
     if args.image is not None and (args.class_name is not None or args.index is not None):
         raise UserError("--image and --class/--index both choose the image: pass one of them")
-
-
-def default_out(subject, picture):
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{subject.label}_{picture.label}")
-    return Path("results") / "activations" / name
 
 
 @exits_cleanly_on_user_error
@@ -125,7 +109,8 @@ def main(args):
               if args.target_class is not None else None)
     picture = (activations.read_photo(args.image, subject.stored_size) if args.image else
                activations.dataset_picture(subject, args.data_dir, args.index, args.class_name))
-    out = Path(args.out) if args.out else default_out(subject, picture)
+    out = Path(args.out or Path("results", "activations", re.sub(
+        r"[^A-Za-z0-9._-]+", "_", f"{subject.label}_{picture.label}")))
     activations.check_output_dir(out, args.overwrite)
     findings = activations.look(subject, capture, picture, layers, cam_layer, target,
                                 overview=layers[:OVERVIEW_MOST] if args.layers else None)
@@ -134,8 +119,8 @@ def main(args):
     best = findings.predictions[0]
     dead = sum(row["dead_channels"] for row in findings.stats)
     print(f"{picture.description}: predicted {best['class']} (p = {best['probability']:.3f}); "
-          f"{len(layers)} layers, {dead} dead channels in all; Grad-CAM from {cam_layer.name} "
-          f"-> {out}")
+          f"{len(findings.layers)} layers, {dead} dead channels in all; Grad-CAM from "
+          f"{cam_layer.name} -> {out}")
     return findings
 
 
