@@ -1,49 +1,14 @@
-"""Training throughput on one device: the project's fast path against a plain CIFAR baseline.
-
-Both paths train the same network (same initial weights, same batch size) on the same
-synthetic CIFAR-shaped images (50,000 of 32x32 uint8, engine.sources.make_synthetic), in one
-process on one device:
-
-  project   engine.loop.train_one_epoch itself, on a DeviceLoader cut to the timed steps: the
-            images resident on the device as uint8, CropFlip on the whole batch with per-image
-            parameters, Normalizer (float, normalise, resize for --image-size, channels_last),
-            the model in channels_last, resolve_precision("auto") (bf16 autocast on CUDA, fp32
-            on CPU), make_optimizer (SGD + Nesterov, fused on CUDA) and make_scheduler
-            (one-cycle), loss and accuracy summed on the device; --compile compiles the model.
-  baseline  the way most CIFAR code trains (PyTorch's CIFAR-10 tutorial, kuangliu/pytorch-cifar):
-            a Dataset of HWC uint8 arrays made into PIL images one at a time, torchvision
-            transforms per image (RandomCrop(32, padding=4), RandomHorizontalFlip, [Resize],
-            ToTensor, Normalize), a DataLoader with --workers persistent workers (no pinned
-            memory), fp32, contiguous layout, torch.optim.SGD with momentum, and loss.item()
-            after every step. Never compiled: it stands for the plain code.
-
-The paths take turns (the order swapping every turn) so that a shared machine's slow spells
-fall on both. By default (--turns runs) each path gets --repeats runs: built afresh from the
-same initial weights, --warmup untimed steps (worker start-up, oneDNN/cuDNN set-up,
-compilation, the CPU allocator settling), --steps timed steps, freed; only one path holds
-memory at a time. --turns steps builds both once and alternates single steps instead: steadier
-where the load swings within a minute (a shared CPU), but it favours the baseline, whose
-workers prepare batches during the project's steps. CUDA is synchronised before the clock is
-read; each path's rate is its median turn; cuDNN autotuning (cudnn.benchmark) is on for both,
-as the project's run_training and kuangliu's script set it.
-
-Printed and written to --json: images/s of each path, their ratio (project / baseline), the
-time of a 50,000-image epoch at that rate, FLOPs per image (FlopCounterMode over one
-forward + backward of one batch, divided by the batch size: convolutions and matrix products
-only), the TFLOP/s that implies, and each path's peak memory (CUDA: max_memory_allocated; CPU:
-ru_maxrss, the process's peak resident memory, libraries and dataset included).
+"""Training throughput on one device: the project's fast path (engine.loop.train_one_epoch on a
+DeviceLoader: uint8 data on the device, batched crop + flip, channels_last, automatic
+precision, fused SGD, one-cycle) against a plain CIFAR loop (a per-image PIL Dataset,
+torchvision transforms in DataLoader workers, fp32, loss.item() every step), same network,
+batch, initial weights and synthetic CIFAR-shaped data, taking turns in one process.
+benchmarks/README.md says what each path does, how the turns run, and the measured tables.
 
     python -m benchmarks.train_throughput          # the GPU if any; ResNet-18, batch 512
     python -m benchmarks.train_throughput --device cpu --width 16 --batch-size 128 --steps 10
     python -m benchmarks.train_throughput --device cpu --batch-size 128 --steps 8 --turns steps
     python -m benchmarks.train_throughput --model torchvision_resnet18 --image-size 224 --compile
-
-Measured (benchmarks/README.md has the table and the commands), on 2 CPU cores shared with
-other jobs, fp32, median of three runs: full-width ResNet-18 at batch 128 about 30 img/s for
-both paths, ratio 1.06 (1.09 with --turns steps); width 16, 1.38. On a CPU the model's
-arithmetic dominates both paths; the ratio is mostly channels_last's. Target on one H100:
-the project path at least 5x the baseline for the hand-written ResNet-18 and an epoch of
-50,000 images in under 2 seconds; not measured yet.
 """
 import copy
 import datetime

@@ -264,7 +264,7 @@ def part_command(key, results_dir, scratch_runs=()):
         return command(results_dir, PARTS[key][1], results_dir / key)
     finished = [run.path for run in scratch_runs if run.finished]
     run = finished[0] if finished else results_dir / "scratch" / REPORT_DATASET / "seed0"
-    out = results_dir / "activations" / f"{run.parent.name}_{run.name}"
+    out = results_dir / "activations" / f"scratch_{run.parent.name}_{run.name}"
     return command(results_dir, "visualize_activations.py", out, "--run", str(run))
 
 
