@@ -27,6 +27,7 @@ import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
+from benchmarks import augment_throughput
 from conftest import run_script
 from engine import augment
 
@@ -244,6 +245,7 @@ def test_copies_of_one_image_come_out_different(arm):
 
 @pytest.mark.parametrize("draw", [
     lambda g: augment.crop_params(64, 4, g, "cpu"),
+    lambda g: augment.flip_params(64, 0.5, g, "cpu"),
     lambda g: augment.rotation_params(64, g, "cpu"),
     lambda g: tuple(value for value in augment.color_jitter_params(64, g, "cpu").values()),
     lambda g: augment.resized_crop_params(64, SIZE, SIZE, g, "cpu"),
@@ -252,8 +254,8 @@ def test_copies_of_one_image_come_out_different(arm):
     lambda g: augment.gaussian_blur_params(64, g, "cpu"),
     lambda g: augment.mixup_params(64, g, "cpu"),
     lambda g: augment.cutmix_params(64, SIZE, SIZE, g, "cpu"),
-], ids=["crop", "rotation", "color_jitter", "resized_crop", "cutout", "erasing", "blur", "mixup",
-        "cutmix"])
+], ids=["crop", "flip", "rotation", "color_jitter", "resized_crop", "cutout", "erasing", "blur",
+        "mixup", "cutmix"])
 def test_every_parameter_varies_across_the_batch(draw):
     params = draw(seeded())
     for values in (params if isinstance(params, tuple) else (params,)):
@@ -400,21 +402,20 @@ def test_salt_and_pepper_hits_the_fraction_asked_on_every_channel(dtype):
     assert pepper.double().mean().item() == pytest.approx(0.05, abs=0.003)
 
 
-def test_cutout_masks_a_16_pixel_square_clipped_at_the_border():
-    images = make_images(batch=512, low=1)
-    tops, lefts, heights, widths = augment.cutout_params(512, SIZE, SIZE, seeded(), "cpu", size=16)
-    cut = augment.apply_erase(images, tops, lefts, heights, widths)
-    zeros = (cut == 0)
-    assert (zeros == zeros[:, :1]).all()
-    assert torch.equal(zeros[:, 0].sum(dim=(1, 2)), heights * widths)
-    for start, length in ((tops, heights), (lefts, widths)):
+def test_cutout_arm_masks_a_16_pixel_square_clipped_at_the_border():
+    images = make_images(batch=512, low=1)  # no zeros: black pixels are the hole
+    cut, _ = augment.ARMS["cutout"](NUM_CLASSES, SIZE)(images, torch.arange(512), seeded())
+    holes = cut == 0
+    assert (holes == holes[:, :1]).all()                  # every channel alike
+    assert torch.equal(torch.where(holes, images, cut), images)  # nothing else changes
+    rows, cols = holes[:, 0].any(dim=2), holes[:, 0].any(dim=1)
+    heights, widths = rows.sum(dim=1), cols.sum(dim=1)
+    assert torch.equal(holes[:, 0].sum(dim=(1, 2)), heights * widths)  # one rectangle each
+    for start, length in ((rows.int().argmax(dim=1), heights), (cols.int().argmax(dim=1), widths)):
         inside = (start > 0) & (start + length < SIZE)
         assert (length[inside] == 16).all()               # exactly 16 when not clipped
-        assert (length >= 8).all() and (length <= 16).all()
+        assert (length >= 8).all() and (length <= 16).all()  # the centre is in the image
         assert (length < 16).any()                        # centres near the border get clipped
-    # a centre at the very corner leaves the quarter of the square inside the image
-    corner = augment.apply_erase(images[:1], *(torch.tensor([v]) for v in (0, 0, 8, 8)))
-    assert (corner[0, :, :8, :8] == 0).all() and (corner[0, :, 8:, :] != 0).all()
 
 
 # --- determinism, eval transforms, pipelines ------------------------------------------------------
@@ -497,5 +498,28 @@ def test_benchmark_writes_one_json_entry_per_operation(tmp_path):
     names = [entry["operation"] for entry in report["operations"]]
     assert sorted(names) == sorted(batched_arms)
     for entry in report["operations"]:
-        for key in ("batched_images_per_second", "per_image_images_per_second", "ratio"):
-            assert entry[key] > 0
+        assert entry["batched_images_per_second"] > 0 and entry["per_image_images_per_second"] > 0
+        assert entry["ratio"] == pytest.approx(entry["batched_images_per_second"]
+                                               / entry["per_image_images_per_second"])
+
+
+def test_benchmark_ratio_is_the_per_image_time_over_the_batched_time(monkeypatch):
+    """Timed on a stand-in clock: each call advances it by its own duration; the first
+    (warm-up) call is left out and the fastest of the rest counts."""
+    now = [0.0]
+
+    def taking(*durations):
+        """A stand-in op whose calls advance the clock by each duration in turn."""
+        calls = iter(durations)
+
+        def call(*args):
+            now[0] += next(calls)
+        return call
+
+    monkeypatch.setitem(augment.ARMS, "flip", lambda classes, size: taking(5.0, 2.0, 1.0))
+    monkeypatch.setitem(augment_throughput.BASELINES, "flip", (taking(9.0, 4.0, 6.0), "", True))
+    images, labels = make_images(), torch.arange(BATCH)
+    entry = augment_throughput.measure("flip", images, labels, repeats=2, clock=lambda: now[0])
+    assert entry["batched_images_per_second"] == BATCH / 1.0
+    assert entry["per_image_images_per_second"] == BATCH / 4.0
+    assert entry["ratio"] == 4.0

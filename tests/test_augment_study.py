@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
-from conftest import QUICK, run_script
+import augment_study
+from conftest import QUICK, run_script, write_image_tree
 from engine import augment
+from engine.training import load_data, split_data
 
 ARMS = ["none", "standard", "center_crop", "mixup", "trivialaugment"]
 STUDY = [*QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1"]
@@ -17,6 +19,20 @@ def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("augment") / "study"
     result = run_script("augment_study.py", *STUDY, "--arms", *ARMS, "--out", out)
     return out, result
+
+
+def test_the_subset_is_drawn_from_the_images_the_validation_split_left():
+    # 400 and 90 of each class's 500 images: drawn from all 500, they would share ~70.
+    args = augment_study.get_args_parser().parse_args(
+        [*QUICK, "--subset", "4000", "--val-size", "900"])
+    splits = split_data(args, *load_data(args))  # as main() draws each seed's splits
+    assert (len(splits.train), len(splits.val)) == (4000, 900)
+    assert not image_bytes(splits.train) & image_bytes(splits.val)
+
+
+def image_bytes(data):
+    """Each image's pixels (synthetic images are all distinct), to compare splits by."""
+    return {image.numpy().tobytes() for image in data.images}
 
 
 def test_every_run_the_table_and_the_plots_are_written(study):
@@ -57,6 +73,22 @@ def test_every_arm_keeps_batch_shape_and_labels(study):
         assert out.shape == images.shape and out.dtype == images.dtype, name
         hard = targets.argmax(1) if targets.dim() == 2 else targets
         assert len(hard) == 8, name
+
+
+def test_a_run_of_another_dataset_is_refused_before_anything_changes(study, tmp_path, capsys):
+    out, _ = study
+    before = (out / "none" / "seed0" / "checkpoint.pt").read_bytes()
+    # synthetic's class names and model: only the dataset differs.
+    images = write_image_tree(tmp_path / "images", classes=[f"class{i}" for i in range(10)],
+                              per_class=(6, 1), size=8)
+    with pytest.raises(SystemExit) as stopped:
+        augment_study.main(augment_study.get_args_parser().parse_args(
+            [*QUICK[2:], "--dataset", "folder", "--data-dir", str(images), "--subset", "40",
+             "--val-size", "10", "--epochs", "1", "--arms", "none", "--out", str(out)]))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "holds a run of another dataset ('synthetic', not 'folder')" in err
+    assert (out / "none" / "seed0" / "checkpoint.pt").read_bytes() == before
 
 
 def test_rerunning_reuses_finished_arms(study):

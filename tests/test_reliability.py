@@ -1,4 +1,5 @@
 """Reliability: signals, atomic files, divergence, safe loading, fuzzed inputs, determinism."""
+import ast
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
@@ -20,12 +22,17 @@ from conftest import QUICK, REPO, run_script, start_script
 from engine import atomic
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import UserError
-from engine.sources import load_image_folder
+from engine.loader import DeviceLoader, Normalizer, channel_stats
+from engine.loop import evaluate
+from engine.plots import plot_curves
+from engine.sources import load_image_folder, make_synthetic
 from engine.summary import write_summary
 from engine.training import use_deterministic_algorithms, write_history
+from models import build_model
 
+# Dropout draws from the global RNG, so resuming reproduces a run only if it restores that too.
 RUN = [*QUICK[:4], "--batch-size", "32", "--no-progress", "--subset", "1280", "--val-size", "100",
-       "--epochs", "2", "--seed", "3"]
+       "--epochs", "2", "--seed", "3", "--dropout", "0.2"]
 
 
 def run_of(study):
@@ -125,20 +132,29 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
     assert _no_temporary_files(tmp_path)
 
 
-def test_a_crash_while_writing_history_or_summary_keeps_the_previous_version(tmp_path, monkeypatch):
+def test_a_crash_while_writing_a_run_file_or_summary_keeps_the_previous_version(tmp_path,
+                                                                               monkeypatch):
     row = {key: 1 for key in ("epoch", "lr", "train_loss", "train_accuracy", "val_loss",
                               "val_accuracy", "test_loss", "test_accuracy", "seconds",
                               "images_per_second")}
-    write_history(tmp_path / "history.csv", [row])
-    write_summary(tmp_path, [{"a": 1}], [("a", "a", None)], "title")
-    before = {name: (tmp_path / name).read_text() for name in ("history.csv", "summary.csv",
-                                                               "summary.md")}
+
+    def writers(epochs):  # history, metrics (config.json alike), summaries, curves
+        history = [{**row, "epoch": epoch} for epoch in range(1, epochs + 1)]
+        return [lambda: write_history(tmp_path / "history.csv", history),
+                lambda: atomic.write_json(tmp_path / "metrics.json", {"epochs": epochs}),
+                lambda: write_summary(tmp_path, [{"a": epochs}], [("a", "a", None)], "title"),
+                lambda: plot_curves(history, tmp_path / "curves.png")]
+
+    for write in writers(1):
+        write()
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert len(before) == 5
     _fail_midway(monkeypatch, pathlib.Path, "write_text")
-    with pytest.raises(OSError):
-        write_history(tmp_path / "history.csv", [row, {**row, "epoch": 2}])
-    with pytest.raises(OSError):
-        write_summary(tmp_path, [{"a": 2}], [("a", "a", None)], "title")
-    assert {name: (tmp_path / name).read_text() for name in before} == before
+    _fail_midway(monkeypatch, matplotlib.figure.Figure, "savefig")
+    for write in writers(2):
+        with pytest.raises(OSError):
+            write()
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
     assert _no_temporary_files(tmp_path)
 
 
@@ -187,16 +203,60 @@ def test_a_learning_rate_far_too_high_is_reported_not_saved(tmp_path):
 
 # --- safe loading -------------------------------------------------------------------------
 
+# Calls that unpickle a file: torch.load, and torchvision's get_state_dict and torch.hub's
+# load_state_dict_from_url, which default to weights_only=False.
+LOADERS = {"torch.load", "get_state_dict", "load_state_dict_from_url"}
+
+
+def project_sources(root=REPO):
+    """The project's own Python files: top-level scripts, its packages and tests/ (not a
+    virtual environment or anything else a clone may hold)."""
+    folders = [init.parent for init in root.glob("*/__init__.py")] + [root / "tests"]
+    return sorted([*root.glob("*.py"),
+                   *(path for folder in folders for path in folder.rglob("*.py"))])
+
+
+def loader_name(function):
+    """"torch.load", "get_state_dict", ... for the callee of a call, else None."""
+    if isinstance(function, ast.Attribute):
+        if isinstance(function.value, ast.Name) and function.value.id == "torch":
+            name = f"torch.{function.attr}"
+        else:
+            name = function.attr
+    else:
+        name = getattr(function, "id", None)
+    return name if name in LOADERS else None
+
+
+def loader_calls(path):
+    """(loader, line, whether it passes weights_only=True) for each loader call in the file."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and loader_name(node.func):
+            safe = any(keyword.arg == "weights_only" and isinstance(keyword.value, ast.Constant)
+                       and keyword.value.value is True for keyword in node.keywords)
+            yield loader_name(node.func), node.lineno, safe
+
+
 def test_every_torch_load_in_the_project_is_weights_only():
-    # torchvision's get_state_dict and torch.hub's loader default to weights_only=False.
-    loads = r"(torch\.load|get_state_dict|load_state_dict_from_url)\((.*?)\)\n"
-    sources = [p for p in REPO.rglob("*.py") if "tests" not in p.parts and ".git" not in p.parts]
-    found = set()
-    for path in sources:
-        for loader, call in re.findall(loads, path.read_text(), flags=re.S):
-            found.add(loader)
-            assert "weights_only=True" in call, f"{path}: {loader}({call})"
-    assert {"torch.load", "get_state_dict"} <= found  # the scan still sees the project's loads
+    calls = [(path.relative_to(REPO).as_posix(), *call) for path in project_sources()
+             for call in loader_calls(path)]
+    assert [call for call in calls if not call[-1]] == []
+    # The scan sees the project's own loads (so it would see one turned unsafe).
+    seen = {(path, loader) for path, loader, _, _ in calls}
+    assert {("engine/checkpoint.py", "torch.load"),
+            ("engine/pretrained.py", "get_state_dict")} <= seen
+
+
+def test_the_weights_only_scan_reads_the_project_not_a_virtual_environment_in_it(tmp_path):
+    # A user's `python3 -m venv .venv` in the clone holds torch's own unsafe torch.load calls.
+    site = tmp_path / ".venv" / "lib" / "site-packages" / "torch"
+    for folder, name in ((tmp_path / "engine", "__init__.py"), (tmp_path / "tests", "test_a.py"),
+                         (site, "serialization.py"), (tmp_path, "script.py")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("import torch\ntorch.load(path)\n")
+    assert project_sources(tmp_path) == [tmp_path / "engine" / "__init__.py",
+                                         tmp_path / "script.py", tmp_path / "tests" / "test_a.py"]
+    assert [call[2] for call in loader_calls(tmp_path / "script.py")] == [False]
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_never_runs(tmp_path, capsys):
@@ -303,21 +363,57 @@ def test_an_unwritable_out_is_reported_before_training(tmp_path, capsys):
 
 # --- determinism --------------------------------------------------------------------------
 
-def test_deterministic_runs_repeat_exactly(tmp_path):
-    for study in ("first", "second"):
-        run_script("train_scratch.py", *RUN, "--epochs", "1", "--deterministic", "--out",
-                   tmp_path / study)
+@pytest.fixture
+def nondeterministic_torch(monkeypatch):
+    """Torch's process-wide settings as a run without --deterministic may leave them (cuDNN
+    benchmark on), so a test sees --deterministic change each one; put back afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]
+
+
+def assert_deterministic_settings():
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+def test_deterministic_runs_repeat_exactly(tmp_path, nondeterministic_torch):
+    # On a CPU with one thread runs repeat anyway: the second run is in-process so that the
+    # settings it leaves show that --deterministic reached torch.
+    run_script("train_scratch.py", *RUN, "--epochs", "1", "--deterministic", "--out",
+               tmp_path / "first")
+    train_scratch.main(train_scratch.get_args_parser().parse_args(
+        [*RUN, "--epochs", "1", "--deterministic", "--out", str(tmp_path / "second")]))
+    assert_deterministic_settings()
     first, second = run_of(tmp_path / "first"), run_of(tmp_path / "second")
     assert history_rows(first) == history_rows(second)
     assert same_weights(first, second)
     assert json.loads((first / "config.json").read_text())["args"]["deterministic"] is True
 
 
-def test_deterministic_mode_switches_torch_to_deterministic_algorithms():
-    before = torch.are_deterministic_algorithms_enabled()
-    try:
-        use_deterministic_algorithms()
-        assert torch.are_deterministic_algorithms_enabled()
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    finally:
-        torch.use_deterministic_algorithms(before)
+def test_deterministic_mode_switches_torch_to_deterministic_algorithms(nondeterministic_torch):
+    use_deterministic_algorithms()
+    assert_deterministic_settings()
+
+
+def test_evaluation_repeats_exactly_and_changes_nothing_in_the_model():
+    """Dropout off, BatchNorm on its running statistics (a model fresh from training is in
+    training mode): the same figures twice, and every buffer as it was."""
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet18_cifar", "num_classes": 10, "width": 8,
+                         "dropout": 0.5, "dropout_at": ["classifier", "block"]})
+    data, _ = make_synthetic(train_size=64, test_size=1)
+    loader = DeviceLoader(data, 32, "cpu", Normalizer(*channel_stats(data.images), "cpu"),
+                          shuffle=False, drop_last=False)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    first, again = (evaluate(model, loader, device=torch.device("cpu"), precision="fp32")
+                    for _ in range(2))
+    assert first == again and first["images"] == 64
+    assert all(torch.equal(buffer, buffers[name]) for name, buffer in model.named_buffers())

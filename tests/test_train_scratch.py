@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_scratch
-from conftest import QUICK, run_script, start_script
+from conftest import QUICK, run_script, start_script, write_image_tree
 from engine.training import HISTORY_COLUMNS, METRIC_KEYS
 
 SMALL = [*QUICK, "--subset", "1000", "--val-size", "500"]
@@ -63,7 +63,9 @@ def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
 
 
 def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
-    args = [*QUICK, "--subset", "500", "--val-size", "200", "--epochs", "2", "--seed", "5"]
+    # Dropout draws from the global RNG, which the checkpoint must hold and resume restore.
+    args = [*QUICK, "--subset", "500", "--val-size", "200", "--epochs", "2", "--seed", "5",
+            "--dropout", "0.2"]
     run_script("train_scratch.py", *args, "--out", tmp_path / "straight")
     straight, interrupted = run_of(tmp_path / "straight", 5), run_of(tmp_path / "interrupted", 5)
     process = start_script("train_scratch.py", *args, "--out", tmp_path / "interrupted",
@@ -157,6 +159,22 @@ def test_a_run_of_another_model_or_settings_is_refused_before_anything_changes(c
     code, err = run_main(capsys, *ONE_EPOCH, "--lr", "0.5", "--out", finished_study, "--resume")
     assert_one_line_error(code, err, "--lr 0.025 (now 0.5)")
     assert files_of(run_of(finished_study)) == before
+
+
+def test_a_run_on_images_of_another_class_set_is_refused_before_anything_changes(
+        capsys, tmp_path, image_tree):
+    flags = ["--dataset", "folder", "--width", "8", "--batch-size", "8", "--epochs", "1",
+             "--val-size", "3", "--no-progress", "--out", tmp_path / "study"]
+    train_scratch.main(train_scratch.get_args_parser().parse_args(
+        [str(flag) for flag in (*flags, "--data-dir", image_tree)]))
+    run = tmp_path / "study" / "folder" / "seed0"
+    before = files_of(run)
+    # The same model, dataset and flags (--data-dir may change): only the class names differ.
+    other = write_image_tree(tmp_path / "other", classes=("cat", "dog", "emu"))
+    code, err = run_main(capsys, *flags, "--data-dir", other)
+    assert_one_line_error(code, err, "holds a run of another classes",
+                          "['cat', 'dog', 'frog'], not ['cat', 'dog', 'emu']")
+    assert files_of(run) == before
 
 
 def test_resume_without_a_checkpoint(capsys, tmp_path):

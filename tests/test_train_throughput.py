@@ -44,8 +44,17 @@ def test_writes_both_throughputs_and_their_ratio(report):
         assert figures["epoch_seconds"] == pytest.approx(50_000 / figures["images_per_second"])
         assert figures["peak_memory_bytes"] > 0
         assert figures["precision"] == "fp32"  # what "auto" and the baseline use on a CPU
-    assert report["ratio"] == pytest.approx(report["project"]["images_per_second"]
-                                            / report["baseline"]["images_per_second"])
+    assert_ratios(report)
+
+
+def assert_ratios(report):
+    """The ratios are the project's throughput over the baseline's, overall and per turn."""
+    project, baseline = report["project"], report["baseline"]
+    assert report["ratio"] == pytest.approx(project["images_per_second"]
+                                            / baseline["images_per_second"])
+    assert report["ratio_turns"] == pytest.approx(
+        [mine / theirs for mine, theirs in zip(project["images_per_second_turns"],
+                                               baseline["images_per_second_turns"])])
 
 
 def test_counts_flops_and_records_the_setting(report):
@@ -62,7 +71,7 @@ def test_alternating_single_steps(tmp_path):
     assert report["turns"] == "steps"
     assert len(report["project"]["images_per_second_turns"]) == 2  # one turn per timed step
     assert report["project"]["peak_memory_bytes"] is None  # both paths alive: not their own
-    assert report["ratio"] > 0
+    assert_ratios(report)
 
 
 def test_bad_flag_gets_one_line_error():
