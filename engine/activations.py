@@ -33,7 +33,7 @@ DEFAULT_CAM_LAYER = "layer4"
 OVERVIEW_LAYERS = (INPUT, "conv1", "relu", "maxpool", "layer1.0.relu", "layer1.0.conv2",
                    "layer1", "layer2", "layer3", "layer4")
 OVERVIEW_CHANNELS = 8
-DEFAULT_CLASS = "automobile"  # the report's example image is a car
+DEFAULT_CLASSES = ("automobile", "car")  # the report's example is a car: CIFAR's, STL-10's name
 # --model: (build_model name, its classifier's state-dict prefix, default input side)
 BARE_MODELS = {"scratch": ("resnet18_cifar", "linear", 32),
                "transfer": ("torchvision_resnet18", "fc", 224)}
@@ -347,14 +347,13 @@ def dataset_picture(subject, data_dir=None, index=None, class_wanted=None):
     data_dir = data_dir or config["args"].get("data_dir", "data")
     # As engine.training loads it, so that the image is one the run was tested on.
     _, test = load_source(config["dataset"], data_dir, image_size=subject.stored_size)
-    if class_wanted is None and index is None and DEFAULT_CLASS in test.classes:
-        class_wanted = DEFAULT_CLASS
+    if class_wanted is None and index is None:
+        class_wanted = next((name for name in DEFAULT_CLASSES if name in test.classes), None)
     candidates = torch.arange(len(test))
     if class_wanted is not None:
-        if class_wanted not in test.classes:
-            raise UserError(f"the run's dataset has no class {class_wanted!r}: choose one of "
-                            f"{', '.join(test.classes[:20])}")
-        candidates = (test.labels == test.classes.index(class_wanted)).nonzero().flatten()
+        label = class_index(class_wanted, test.classes)  # a name, or an index (MNIST's "7")
+        class_wanted = test.classes[label]
+        candidates = (test.labels == label).nonzero().flatten()
     index = index or 0
     if index >= len(candidates):
         where = f"of class {class_wanted!r} " if class_wanted else ""
