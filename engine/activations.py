@@ -289,18 +289,20 @@ def build_bare(kind, weights, num_classes=None, input_size=None):
         model = build_model({"name": name, "num_classes": num_classes or 10})
     else:
         state = pretrained.load_weights(weights, progress=sys.stderr.isatty())
-        file_classes = len(state[f"{head}.weight"]) if f"{head}.weight" in state else None
+        head_weight = state.get(f"{head}.weight")
+        file_classes = len(head_weight) if head_weight is not None and head_weight.dim() else None
         if kind == "scratch":
-            if file_classes is None or "conv1.weight" not in state:
-                raise UserError(f"weights file {weights} is not a state dict of the hand-written "
-                                f"ResNet-18 (no conv1.weight / linear.weight): use --model "
-                                f"transfer for torchvision's")
-            if num_classes not in (None, file_classes):
+            if num_classes not in (None, file_classes) and file_classes is not None:
                 raise UserError(f"weights file {weights} has a {file_classes}-class head, not "
                                 f"--num-classes {num_classes}: leave --num-classes out")
-            spec = {"name": name, "num_classes": file_classes,
-                    "width": len(state["conv1.weight"])}
-            model = _rebuild(spec, state, f"weights file {weights}")
+            conv1 = state.get("conv1.weight")
+            spec = {"name": name, "num_classes": file_classes or num_classes or 10,
+                    "width": len(conv1) if conv1 is not None and conv1.dim() else 64}
+            model = pretrained.load_into(
+                build_model(spec), state, f"weights file {weights}",
+                "the hand-written CIFAR ResNet-18", "pass a state dict of models/resnet.py's "
+                "network (kuangliu/pytorch-cifar's ResNet18 has the same keys), or use --model "
+                "transfer for torchvision's resnet18")
         else:
             spec = {"name": name, "num_classes": num_classes or file_classes or 10}
             model = pretrained.model_from_spec({**spec, "weights": weights})  # the backbone

@@ -1,4 +1,5 @@
-"""MNIST, Fashion-MNIST, SVHN and STL-10 through torchvision's classes (engine/sources.py).
+"""MNIST, Fashion-MNIST, SVHN and STL-10 through torchvision's classes (engine/sources.py), and
+weights files in the checkpoint layouts of common training code (engine/pretrained.py).
 
 Every dataset file is generated here, a few images in each set's exact on-disk format: IDX
 (gzipped, as downloaded) for the MNIST family, MATLAB .mat for SVHN, STL-10's column-major
@@ -9,6 +10,7 @@ the generated files' MD5s with monkeypatch and torchvision's own check runs on t
 Nothing is downloaded: every download torchvision starts is recorded and fails as it does
 without network (`downloads`).
 """
+import argparse
 import gzip
 import hashlib
 import importlib
@@ -24,9 +26,10 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torchvision.datasets import MNIST, STL10, SVHN, FashionMNIST
 
-from engine import activations
+from engine import activations, pretrained
 from engine.errors import UserError
 from engine.sources import DIGITS, STL10_CLASSES, load_torchvision
+from models import build_model
 
 TRAIN, TEST = 20, 10  # images per generated split: every class, in label order 0..9, 0..9
 
@@ -299,3 +302,78 @@ def test_stl10_default_picture_is_the_first_car(tmp_path, monkeypatch, downloads
     picture = activations.dataset_picture(subject)
     assert picture.true_class == "car" and picture.label == "test2_car"
     assert picture.pixels.shape == (3, 32, 32)
+
+
+# --- weights files in the layouts of common training code ------------------------------------
+
+def saved_layouts(state, optimizer_state):
+    """The same weights as common CIFAR and ImageNet training code saves them."""
+    prefixed = lambda prefix: {prefix + key: value for key, value in state.items()}  # noqa: E731
+    return {
+        "plain state dict": state,
+        # kuangliu/pytorch-cifar main.py: net = DataParallel(net) on CUDA; ./checkpoint/ckpt.pth
+        "kuangliu, DataParallel": {"net": prefixed("module."), "acc": 95.44, "epoch": 199},
+        "kuangliu, CPU": {"net": state, "acc": 41.0, "epoch": 0},
+        # torchvision references/classification/train.py, with its argparse.Namespace
+        "torchvision references": {
+            "model": state, "optimizer": optimizer_state, "lr_scheduler": {"last_epoch": 3},
+            "epoch": 3, "args": argparse.Namespace(model="resnet18", lr=0.1, amp=False),
+            "model_ema": prefixed("module.")},
+        # PyTorch Lightning: the LightningModule's state dict, the network as self.model/.net
+        "Lightning, self.model": {
+            "epoch": 9, "global_step": 1000, "pytorch-lightning_version": "2.4.0",
+            "state_dict": prefixed("model."), "optimizer_states": [optimizer_state],
+            "lr_schedulers": [], "hyper_parameters": {"lr": 0.05}, "callbacks": {}},
+        "Lightning, self.net": {"epoch": 9, "state_dict": prefixed("net.")},
+    }
+
+
+LAYOUTS = list(saved_layouts({}, {}))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_checkpoint_layout_gives_the_plain_state_dicts_logits(tmp_path, monkeypatch, layout):
+    torch.manual_seed(0)
+    trained = build_model({"name": "resnet18_cifar", "num_classes": 10, "width": 8})
+    trained(torch.randn(8, 3, 32, 32))  # running statistics of its own
+    optimizer_state = torch.optim.SGD(trained.parameters(), lr=0.1, momentum=0.9).state_dict()
+    files = {}
+    for name, saved in saved_layouts(trained.state_dict(), optimizer_state).items():
+        files[name] = tmp_path / f"{len(files)}.pth"
+        torch.save(saved, files[name])
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
+
+    plain = activations.build_bare("scratch", files["plain state dict"]).model.eval()
+    loaded = activations.build_bare("scratch", files[layout]).model.eval()
+
+    inputs = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), plain(inputs))
+        assert torch.equal(plain(inputs), trained.eval()(inputs))
+    assert len(loads) == 2 and all(k.get("weights_only") is True for k in loads)
+
+
+def test_lightning_layout_of_torchvision_resnet18_loads_for_transfer(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    torch.save({"state_dict": {f"model.{key}": value for key, value in state.items()}},
+               tmp_path / "lightning.ckpt")
+    model = pretrained.model_from_spec({"name": "torchvision_resnet18", "num_classes": 10,
+                                        "weights": str(tmp_path / "lightning.ckpt")})
+    assert torch.equal(model.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+
+
+def test_weights_whose_keys_do_not_fit_get_one_line_naming_them(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"net": {f"module.{key}": value for key, value in
+                        torchvision.models.resnet18().state_dict().items()}}, path)
+    with pytest.raises(UserError) as raised:
+        activations.build_bare("scratch", path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"weights file {path} does not fit the hand-written CIFAR ResNet-18 (" in message
+    assert "missing keys layer2.0.shortcut.0.weight" in message and "more" in message
+    assert "unexpected keys layer2.0.downsample.0.weight" in message
+    assert "conv1.weight ((64, 3, 7, 7) in the file, (64, 3, 3, 3) in the model)" in message
+    assert "--model transfer" in message
