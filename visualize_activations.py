@@ -41,7 +41,8 @@ def get_args_parser():
                        help="any photograph: shorter side resized to the model's input size, "
                             "centre-cropped")
     image.add_argument("--class", dest="class_name", metavar="NAME",
-                       help="with --run: a test image of this class")
+                       help="with --run: a test image of this class, by name (e.g. cat, "
+                            "Sneaker) or index (e.g. 7 for MNIST's '7 - seven')")
     image.add_argument("--index", type=nonnegative_int, default=None, metavar="N",
                        help="with --run: the N-th test image (of --class, if given)")
     image.add_argument("--data-dir", default=None, metavar="DIR",

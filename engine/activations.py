@@ -33,7 +33,7 @@ DEFAULT_CAM_LAYER = "layer4"
 OVERVIEW_LAYERS = (INPUT, "conv1", "relu", "maxpool", "layer1.0.relu", "layer1.0.conv2",
                    "layer1", "layer2", "layer3", "layer4")
 OVERVIEW_CHANNELS = 8
-DEFAULT_CLASS = "automobile"  # the report's example image is a car
+DEFAULT_CLASSES = ("automobile", "car")  # the report's example is a car: CIFAR's, STL-10's name
 # --model: (build_model name, its classifier's state-dict prefix, default input side)
 BARE_MODELS = {"scratch": ("resnet18_cifar", "linear", 32),
                "transfer": ("torchvision_resnet18", "fc", 224)}
@@ -289,18 +289,20 @@ def build_bare(kind, weights, num_classes=None, input_size=None):
         model = build_model({"name": name, "num_classes": num_classes or 10})
     else:
         state = pretrained.load_weights(weights, progress=sys.stderr.isatty())
-        file_classes = len(state[f"{head}.weight"]) if f"{head}.weight" in state else None
+        head_weight = state.get(f"{head}.weight")
+        file_classes = len(head_weight) if head_weight is not None and head_weight.dim() else None
         if kind == "scratch":
-            if file_classes is None or "conv1.weight" not in state:
-                raise UserError(f"weights file {weights} is not a state dict of the hand-written "
-                                f"ResNet-18 (no conv1.weight / linear.weight): use --model "
-                                f"transfer for torchvision's")
-            if num_classes not in (None, file_classes):
+            if num_classes not in (None, file_classes) and file_classes is not None:
                 raise UserError(f"weights file {weights} has a {file_classes}-class head, not "
                                 f"--num-classes {num_classes}: leave --num-classes out")
-            spec = {"name": name, "num_classes": file_classes,
-                    "width": len(state["conv1.weight"])}
-            model = _rebuild(spec, state, f"weights file {weights}")
+            conv1 = state.get("conv1.weight")
+            spec = {"name": name, "num_classes": file_classes or num_classes or 10,
+                    "width": len(conv1) if conv1 is not None and conv1.dim() else 64}
+            model = pretrained.load_into(
+                build_model(spec), state, f"weights file {weights}",
+                "the hand-written CIFAR ResNet-18", "pass a state dict of models/resnet.py's "
+                "network (kuangliu/pytorch-cifar's ResNet18 has the same keys), or use --model "
+                "transfer for torchvision's resnet18")
         else:
             spec = {"name": name, "num_classes": num_classes or file_classes or 10}
             model = pretrained.model_from_spec({**spec, "weights": weights})  # the backbone
@@ -347,14 +349,13 @@ def dataset_picture(subject, data_dir=None, index=None, class_wanted=None):
     data_dir = data_dir or config["args"].get("data_dir", "data")
     # As engine.training loads it, so that the image is one the run was tested on.
     _, test = load_source(config["dataset"], data_dir, image_size=subject.stored_size)
-    if class_wanted is None and index is None and DEFAULT_CLASS in test.classes:
-        class_wanted = DEFAULT_CLASS
+    if class_wanted is None and index is None:
+        class_wanted = next((name for name in DEFAULT_CLASSES if name in test.classes), None)
     candidates = torch.arange(len(test))
     if class_wanted is not None:
-        if class_wanted not in test.classes:
-            raise UserError(f"the run's dataset has no class {class_wanted!r}: choose one of "
-                            f"{', '.join(test.classes[:20])}")
-        candidates = (test.labels == test.classes.index(class_wanted)).nonzero().flatten()
+        label = class_index(class_wanted, test.classes)  # a name, or an index (MNIST's "7")
+        class_wanted = test.classes[label]
+        candidates = (test.labels == label).nonzero().flatten()
     index = index or 0
     if index >= len(candidates):
         where = f"of class {class_wanted!r} " if class_wanted else ""

@@ -2,10 +2,12 @@
 
 `--weights imagenet` is torchvision's ResNet18_Weights.IMAGENET1K_V1 through its own hub
 cache ($TORCH_HOME/hub/checkpoints/), downloaded when missing; `--weights PATH` is a local
-state dict. Every file is loaded with weights_only=True, and the cached ImageNet file's
+state dict, bare or inside the checkpoint layouts of common training code (load_weights_file).
+Every file is loaded with weights_only=True, and the cached ImageNet file's
 SHA-256 is checked against the prefix in its name on every load: torch.hub checks it only
 when it downloads, and a partial copy dropped into the cache would spoil every pretrained run.
 """
+import argparse
 import hashlib
 import http.client
 import urllib.parse
@@ -22,8 +24,12 @@ from models import build_model
 # file's hash prefix, which a generated file cannot match.
 IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 
-# Wrappers whose prefixes appear in state dicts saved from DDP ("module.") or torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Where common training code keeps the weights in its checkpoints: this project and torchvision's
+# references ("model"), PyTorch Lightning ("state_dict"), kuangliu/pytorch-cifar ("net").
+CHECKPOINT_KEYS = ("model", "state_dict", "net")
+# Prefixes that wrappers put before every key: DataParallel/DDP ("module."), torch.compile
+# ("_orig_mod."), a Lightning module holding the network as self.model or self.net.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 
 
 def imagenet_cache_path():
@@ -77,30 +83,65 @@ def _is_state_dict(obj):
 
 
 def _strip_wrapper_prefixes(state_dict):
-    """Keys saved from a DDP or torch.compile wrapper, as the bare model's keys."""
-    for prefix in _WRAPPER_PREFIXES:
-        if all(key.startswith(prefix) for key in state_dict):
-            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
-    return state_dict
+    """Keys saved from wrappers (in any nesting, e.g. module._orig_mod.) as the bare model's: a
+    prefix is removed only where every key has it."""
+    while True:
+        prefix = next((prefix for prefix in WRAPPER_PREFIXES
+                       if all(key.startswith(prefix) for key in state_dict)), None)
+        if prefix is None:
+            return state_dict
+        state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
 
 
 def load_weights_file(path):
-    """A state dict from a local file: a raw one, or a checkpoint's under 'model'/'state_dict'."""
+    """A state dict from a local file: a bare one, or a checkpoint's under one of
+    CHECKPOINT_KEYS, its keys without wrapper prefixes."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: pass --weights PATH of a resnet18 "
                         f"state dict saved with torch.save")
-    loaded = safe_load(path, f"weights file {path}", "pass --weights PATH of a state dict saved "
-                       "with torch.save(model.state_dict(), PATH)")
-    for key in ("model", "state_dict"):  # a training checkpoint holding the model's state dict
+    # torchvision's references save their argparse.Namespace ("args") beside the weights: plain
+    # data (unpickling sets its attributes, no code of the file's choosing runs), allowed here.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        loaded = safe_load(path, f"weights file {path}", "pass --weights PATH of a state dict "
+                           "saved with torch.save(model.state_dict(), PATH)")
+    for key in CHECKPOINT_KEYS:  # a training checkpoint holding the model's state dict
         if isinstance(loaded, dict) and _is_state_dict(loaded.get(key)):
             loaded = loaded[key]
             break
     if not _is_state_dict(loaded):
-        raise UserError(f"weights file {path} does not hold a state dict (a dict of name -> "
-                        f"tensor, or a checkpoint with one under 'model'): pass --weights PATH "
-                        f"of a file saved with torch.save(model.state_dict(), PATH)")
+        found = (f"a dict with keys {', '.join(map(str, list(loaded)[:6]))}"
+                 if isinstance(loaded, dict) else f"a {type(loaded).__name__}")
+        raise UserError(f"weights file {path} does not hold a state dict (it holds {found}; "
+                        f"expected a dict of name -> tensor, or a checkpoint with one under "
+                        f"{', '.join(repr(key) for key in CHECKPOINT_KEYS)}): pass --weights "
+                        f"PATH of a file saved with torch.save(model.state_dict(), PATH)")
     return _strip_wrapper_prefixes(loaded)
+
+
+def _few(keys, most=4):
+    keys = list(keys)
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def load_into(model, state_dict, source, model_name, fix):
+    """model.load_state_dict(state_dict) with every key; where the keys do not fit, a one-line
+    UserError: "<source> does not fit <model_name> (a few missing and unexpected keys, shapes
+    that differ): <fix>"."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    reshaped = [f"{key} ({tuple(state_dict[key].shape)} in the file, {tuple(value.shape)} in the "
+                f"model)" for key, value in expected.items()
+                if key in state_dict and state_dict[key].shape != value.shape]
+    if missing or unexpected or reshaped:
+        problems = [f"missing keys {_few(missing)}" if missing else "",
+                    f"unexpected keys {_few(unexpected)}" if unexpected else "",
+                    f"shapes differ for {_few(reshaped, 2)}" if reshaped else ""]
+        raise UserError(f"{source} does not fit {model_name} "
+                        f"({'; '.join(filter(None, problems))}): {fix}")
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def load_weights(weights, progress=True):

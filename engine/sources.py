@@ -2,13 +2,16 @@
 labels and class names, small enough to live on the training device (CIFAR-10: 150 MB);
 and the seeded, class-balanced validation split and training subset.
 
-  cifar10, cifar100  torchvision's datasets: its download, cache and MD5 checks (before
-                     anything is unpickled)
+  cifar10, cifar100, mnist, fashion-mnist, svhn, svhn-extra (train + extra), stl10
+                     torchvision's datasets: its file layout, download and checksums; stored
+                     as 32x32 RGB (MNIST's 28x28 grayscale padded, STL-10's 96x96 resized)
   folder             ROOT/train/<class>/* and ROOT/test/<class>/* (or val/), resized once
   synthetic          generated: learnable, for tests and offline smoke runs
 """
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,10 +19,13 @@ import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.utils import check_integrity
 
+from engine.checkpoint import one_line
 from engine.errors import UserError
 
-SOURCES = ("cifar10", "cifar100", "folder", "synthetic")
+SOURCES = ("cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "svhn-extra", "stl10",
+           "folder", "synthetic")
 IMAGE_EXTENSIONS = torchvision.datasets.folder.IMG_EXTENSIONS
 
 
@@ -38,8 +44,8 @@ class ImageData:
 
 def load_source(name, data_dir, *, image_size=32):
     """Return (train, test) ImageData for the named source."""
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, Path(data_dir))
+    if name in _TORCHVISION:
+        return load_torchvision(name, Path(data_dir))
     if name == "folder":
         return load_image_folder(Path(data_dir), image_size)
     if name == "synthetic":
@@ -47,44 +53,120 @@ def load_source(name, data_dir, *, image_size=32):
     raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(SOURCES)}")
 
 
-# --- CIFAR ----------------------------------------------------------------------------
+# --- torchvision's datasets ------------------------------------------------------------
 
-_CIFAR = {
-    "cifar10": (torchvision.datasets.CIFAR10, "CIFAR-10"),
-    "cifar100": (torchvision.datasets.CIFAR100, "CIFAR-100"),
+class Torchvision(NamedTuple):
+    title: str
+    dataset_class: type
+    train_splits: tuple  # torchvision's own split arguments: train=True/False for CIFAR and
+    test_split: object   # MNIST, split="train"/"extra"/"test" for SVHN and STL-10
+    layout: str          # of the class's .data array
+    classes: list = None  # where the class has no .classes
+
+
+DIGITS = [str(digit) for digit in range(10)]  # SVHN's names (torchvision maps its label 10 to 0)
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship",
+                 "truck"]  # stl10_binary/class_names.txt's, for a copy without that file
+_TORCHVISION = {
+    "cifar10": Torchvision("CIFAR-10", torchvision.datasets.CIFAR10, (True,), False, "NHWC"),
+    "cifar100": Torchvision("CIFAR-100", torchvision.datasets.CIFAR100, (True,), False, "NHWC"),
+    "mnist": Torchvision("MNIST", torchvision.datasets.MNIST, (True,), False, "NHW"),
+    "fashion-mnist": Torchvision("Fashion-MNIST", torchvision.datasets.FashionMNIST, (True,),
+                                 False, "NHW"),
+    "svhn": Torchvision("SVHN", torchvision.datasets.SVHN, ("train",), "test", "NCHW", DIGITS),
+    "svhn-extra": Torchvision("SVHN", torchvision.datasets.SVHN, ("train", "extra"), "test",
+                              "NCHW", DIGITS),
+    "stl10": Torchvision("STL-10", torchvision.datasets.STL10, ("train",), "test", "NCHW",
+                         STL10_CLASSES),
 }
+IMAGE_SIDE = 32  # every torchvision source is stored at the CIFAR networks' input size
 
 
-def load_cifar(name, root):
-    dataset_class, title = _CIFAR[name]
+def load_torchvision(name, root):
+    """(train, test) of one of torchvision's datasets, through its own classes: its file layout
+    under `root`, its download and its checks (below), as uint8 32x32 RGB."""
+    spec = _TORCHVISION[name]
     try:
-        # download=True first verifies what is there (MD5 of every batch file) and only
-        # fetches or re-extracts the archive when that fails.
-        train = dataset_class(root, train=True, download=True)
-        test = dataset_class(root, train=False, download=False)
-    except Exception as error:  # torchvision raises URLError, OSError or RuntimeError
-        raise UserError(_cifar_unavailable_message(dataset_class, title, root, error)) from None
-    return _cifar_to_tensors(train), _cifar_to_tensors(test)
+        train = [_as_image_data(_open(spec.dataset_class, root, split), spec)
+                 for split in spec.train_splits]
+        test = _as_image_data(_open(spec.dataset_class, root, spec.test_split), spec)
+    except Exception as error:  # URLError, OSError, RuntimeError, and the parsers' own errors
+        raise UserError(_unavailable_message(spec, root, error)) from None
+    if len(train) > 1:  # SVHN's extra images join its training split
+        train = [ImageData(torch.cat([part.images for part in train]),
+                           torch.cat([part.labels for part in train]), train[0].classes)]
+    return train[0], test
 
 
-def _cifar_unavailable_message(dataset_class, title, root, error):
-    folder = root / dataset_class.base_folder
-    archive = root / dataset_class.filename
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if folder.exists() or archive.exists():
-        problem = (f"{title} files in {root} fail their MD5 checksums and a fresh copy could not be "
-                   f"downloaded ({reason})")
+def _open(dataset_class, root, split):
+    """torchvision's dataset object. download=True first checks what is there and downloads
+    only what is missing or fails the check: CIFAR, SVHN and STL-10 compare every file's MD5
+    (before anything is unpickled or parsed); the MNIST family compares the MD5 of each .gz
+    archive when it extracts it, and then only checks that the extracted files exist (the IDX
+    parser checks their headers and sizes)."""
+    if isinstance(split, bool):
+        return dataset_class(root, train=split, download=True)
+    return dataset_class(root, split=split, download=True)
+
+
+def _as_image_data(dataset, spec):
+    images = torch.as_tensor(dataset.data)
+    if spec.layout == "NHW":  # the MNIST family: 28x28 grayscale
+        # Padded with 2 zero pixels a side, not resized: the pixels stay exact (no interpolation),
+        # the background is already 0 so the border is invisible, and 32x32 with the 28x28 digit
+        # centred is LeNet-5's own input (LeCun et al. 1998). Three identical channels.
+        images = F.pad(images, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1)
+    elif spec.layout == "NHWC":
+        images = images.permute(0, 3, 1, 2)
+    if images.shape[-1] != IMAGE_SIDE:  # STL-10's 96x96: resized once, antialiased
+        images = TF.resize(images, [IMAGE_SIDE, IMAGE_SIDE], antialias=True)
+    labels = getattr(dataset, "targets", None)
+    labels = torch.as_tensor(np.asarray(dataset.labels if labels is None else labels),
+                             dtype=torch.int64)
+    classes = list(getattr(dataset, "classes", None) or spec.classes)
+    if len(images) != len(labels) or not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels, from "
+                         f"{int(labels.min())} to {int(labels.max())} for {len(classes)} classes")
+    return ImageData(images.contiguous(), labels, classes)
+
+
+def _expected_files(dataset_class, root, splits):
+    """(what to put where, in words; [(path, MD5 or None)] of the files torchvision looks for)."""
+    if issubclass(dataset_class, torchvision.datasets.MNIST):
+        folder = root / dataset_class.__name__ / "raw"
+        names = [name for name, _ in dataset_class.resources]
+        files = [(folder / name, md5) for name, md5 in dataset_class.resources]
+        files += [(folder / name.removesuffix(".gz"), None) for name in names]
+        return f"{', '.join(names)} (or them gunzipped) in {folder}/", files
+    if dataset_class is torchvision.datasets.SVHN:
+        files = [(root / dataset_class.split_list[split][1], dataset_class.split_list[split][2])
+                 for split in splits]
+        return f"{', '.join(path.name for path, _ in files)} in {root}/", files
+    # CIFAR and STL-10: an archive, or the folder it extracts to
+    folder, archive = root / dataset_class.base_folder, root / dataset_class.filename
+    listed = dataset_class.train_list + dataset_class.test_list
+    listed += [[dataset_class.meta["filename"], dataset_class.meta["md5"]]] if hasattr(
+        dataset_class, "meta") else []
+    files = [(folder / name, md5) for name, md5 in listed] + [(archive, dataset_class.tgz_md5)]
+    return (f"{archive.name} at {archive} or the extracted {folder.name}/ "
+            f"({', '.join(name for name, _ in listed)}) at {folder}/"), files
+
+
+def _unavailable_message(spec, root, error):
+    where, files = _expected_files(spec.dataset_class, root,
+                                   spec.train_splits + (spec.test_split,))
+    reason = textwrap.shorten(one_line(error), 200, placeholder=" ...")
+    failing = [path.name for path, md5 in files
+               if md5 and path.is_file() and not check_integrity(str(path), md5)]
+    if failing:
+        problem = (f"{spec.title} files in {root} fail their MD5 checksums "
+                   f"({', '.join(failing)}) and a fresh copy could not be downloaded ({reason})")
+    elif not any(path.exists() for path, _ in files):
+        problem = f"{spec.title} is not in {root} and could not be downloaded ({reason})"
     else:
-        problem = f"{title} is not in {root} and could not be downloaded ({reason})"
-    return (f"{problem}: put {dataset_class.filename} at {archive} or the extracted "
-            f"{dataset_class.base_folder}/ at {folder}/ (or pass --data-dir), or use "
-            f"--dataset folder for your own images or --dataset synthetic to run offline")
-
-
-def _cifar_to_tensors(dataset):
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor(dataset.targets, dtype=torch.int64)
-    return ImageData(images, labels, list(dataset.classes))
+        problem = f"{spec.title} in {root} could not be loaded ({reason})"
+    return (f"{problem}: put {where} (or pass --data-dir), or use --dataset folder for your own "
+            f"images or --dataset synthetic to run offline")
 
 
 # --- ImageFolder trees ------------------------------------------------------------------

@@ -8,7 +8,7 @@ from PIL import Image
 from engine.augment import CropFlip
 from engine.errors import UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
-from engine.sources import ImageData, load_cifar, load_image_folder, make_synthetic
+from engine.sources import ImageData, load_image_folder, load_torchvision, make_synthetic
 from engine.sources import split_validation, take_subset
 
 
@@ -190,7 +190,7 @@ def no_network(monkeypatch):
 
 def test_cifar_absent_and_offline_names_the_files(tmp_path, no_network):
     with pytest.raises(UserError) as raised:
-        load_cifar("cifar10", tmp_path)
+        load_torchvision("cifar10", tmp_path)
     message = str(raised.value)
     assert "\n" not in message
     assert f"{tmp_path}/cifar-10-python.tar.gz" in message
@@ -208,7 +208,7 @@ def test_cifar_files_failing_checksums_are_refused_unread(tmp_path, no_network):
                  "data_batch_5", "test_batch", "batches.meta"]:
         (folder / name).write_bytes(payload)
     with pytest.raises(UserError, match="fail their MD5 checksums"):
-        load_cifar("cifar10", tmp_path)
+        load_torchvision("cifar10", tmp_path)
     assert not marker.exists()
 
 
