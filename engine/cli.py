@@ -1,5 +1,6 @@
 """Command-line flags every training script shares, validated when they are parsed."""
 import argparse
+import math
 import sys
 
 from engine.device import PRECISIONS
@@ -48,12 +49,12 @@ nonnegative_float = _number(float, 0.0)
 fraction = _number(float, 0.0, maximum=1.0)
 
 
-LR_RULE = "linear"  # the peak lr is proportional to the batch (Goyal et al. 2017)
+LR_RULE = "sqrt"  # the peak lr grows as the square root of the batch (README: why not linear)
 
 
 def scaled_lr(lr, reference_batch, batch_size):
-    """The recipe's peak lr for reference_batch images, scaled to batch_size images."""
-    return lr * batch_size / reference_batch
+    """The recipe's peak lr at reference_batch, scaled to batch_size by LR_RULE."""
+    return lr * math.sqrt(batch_size / reference_batch)
 
 
 def resolve_lr(args, lr, reference_batch):
@@ -68,12 +69,12 @@ def resolve_lr(args, lr, reference_batch):
 
 
 def describe_lr(flags):
-    """'peak lr 0.025 (0.2 per 512 images x 64/512, linear rule)' for the startup output."""
+    """'peak lr 0.07071 (0.2 at batch 512 x sqrt(64/512); --lr sets it)' for the startup output."""
     if flags.get("lr_rule") in (None, "given"):
         return f"peak lr {flags['lr']:g} (--lr)"
-    return (f"peak lr {flags['lr']:.4g} ({flags['lr_base']:g} per {flags['lr_reference_batch']} "
-            f"images x {flags['batch_size']}/{flags['lr_reference_batch']}, {flags['lr_rule']} "
-            f"rule; --lr sets it)")
+    return (f"peak lr {flags['lr']:.4g} ({flags['lr_base']:g} at batch {flags['lr_reference_batch']}"
+            f" x {flags['lr_rule']}({flags['batch_size']}/{flags['lr_reference_batch']}); "
+            f"--lr sets it)")
 
 
 def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weight_decay,
@@ -94,8 +95,9 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
     training.add_argument("--epochs", type=positive_int, default=epochs)
     training.add_argument("--batch-size", type=positive_int, default=batch_size)
     training.add_argument("--lr", type=positive_float, default=None,
-                          help=f"peak learning rate (default: {lr:g} per {lr_reference_batch} "
-                               f"images, scaled to --batch-size, the global batch, by the {LR_RULE} rule)")
+                          help=f"peak learning rate (default: {lr:g} at batch {lr_reference_batch}"
+                               f", times {LR_RULE}(--batch-size / {lr_reference_batch}); "
+                               f"--batch-size is the global batch)")
     training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
     training.add_argument("--label-smoothing", type=fraction, default=label_smoothing)
     training.add_argument("--seed", type=nonnegative_int, default=0)

@@ -2,13 +2,14 @@
 the part scripts, report.py and the benchmarks read these facts from."""
 from dataclasses import dataclass
 
-# Each part's recipe; lr is the one-cycle peak for a batch of lr_reference_batch images,
-# scaled to the actual global batch when --lr is not given (engine.cli.resolve_lr).
+# Each part's recipe; lr is the one-cycle peak at a batch of lr_reference_batch images, times
+# sqrt(batch / lr_reference_batch) at another global batch when --lr is not given
+# (engine.cli.resolve_lr; README: why the square root).
 RECIPES = {
     "scratch": dict(
         epochs=50,              # as the report
         batch_size=512,         # images per step
-        lr=0.2,                 # per 512 images: kuangliu/pytorch-cifar's 0.1 per 256, scaled
+        lr=0.2,                 # at 512: kuangliu/pytorch-cifar's 0.1 at 128, x sqrt(512/128)
         lr_reference_batch=512,
         weight_decay=5e-4,      # L2 on every parameter, as kuangliu/pytorch-cifar
         label_smoothing=0.1,    # softens targets; ~+0.3-0.5% on CIFAR (He et al. 2019)
@@ -16,7 +17,7 @@ RECIPES = {
     "transfer": dict(
         epochs=30,              # as the report
         batch_size=256,
-        lr=0.05,                # per 256 images: fine-tuning wants less than part (a)
+        lr=0.05,                # at 256: fine-tuning wants less than part (a)
         lr_reference_batch=256,
         weight_decay=5e-4,
         label_smoothing=0.0,
@@ -24,7 +25,7 @@ RECIPES = {
     "augment": dict(
         epochs=40,              # ~1,600 steps on 5,000 images (our choice: the report's is unstated)
         batch_size=128,         # a small subset: smaller batches give more steps
-        lr=0.05,                # per 128 images: part (a)'s 0.2 per 512
+        lr=0.05,                # at 128: the study's value since it began
         lr_reference_batch=128,
         weight_decay=5e-4,
         label_smoothing=0.0,    # no regulariser beside the arm under study

@@ -1,6 +1,7 @@
 """One epoch of training, evaluation, the optimizer and the schedule, for any nn.Module on
 any device. Metrics are summed on the device and read once per epoch: no host sync inside
 a step (the progress bar's few refreshes aside)."""
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -173,3 +174,25 @@ def evaluate(model, loader, *, device, precision):
         seen += len(inputs)
     loss_sum, correct, seen = sum_over_ranks(loss_sum.item(), correct.item(), seen)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
+    """Re-estimate the running statistics of every BatchNorm layer in training mode for the
+    current weights, as the plain mean over the loader's first `images` images ("precise BN",
+    Wu & Johnson 2021): after a few dozen fast steps the running average still describes far
+    earlier weights. Layers kept in eval mode (frozen, with ImageNet statistics) are left alone."""
+    model.train()
+    layers = [module for module in model.modules()
+              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+              and module.training and module.track_running_stats]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average: every batch weighted alike
+    steps = -(-images // loader.batch_size)  # loader.batch_size is the global batch
+    for inputs, _ in itertools.islice(loader, steps if layers else 0):
+        with autocast(device, precision):
+            model(inputs)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum

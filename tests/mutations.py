@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 RELIABILITY = "tests/test_reliability.py::"
 SCRATCH = "tests/test_train_scratch.py::"
 AUGMENT = "tests/test_augment.py::"
+LR_RULE = "tests/test_lr_rule.py::"
 SIGNAL_RESUME = (RELIABILITY + "test_a_signal_saves_mid_epoch_and_resume_matches_an_"
                  "uninterrupted_run[2-130]")
 WEIGHTS_ONLY_SCAN = RELIABILITY + "test_every_torch_load_in_the_project_is_weights_only"
@@ -111,6 +112,16 @@ MUTATIONS = [
              (SIGNAL_RESUME,)),
     Mutation("evaluate-in-training-mode", "engine/loop.py", "    model.eval()\n", "",
              (RELIABILITY + "test_evaluation_repeats_exactly_and_changes_nothing_in_the_model",)),
+    Mutation("lr-rule-linear", "engine/cli.py", "lr * math.sqrt(batch_size / reference_batch)",
+             "lr * batch_size / reference_batch",
+             (LR_RULE + "test_batch_64_gets_the_batch_512_peak_over_root_8",)),
+    Mutation("lr-not-scaled-to-the-batch", "engine/cli.py",
+             "args.lr = scaled_lr(lr, reference_batch, args.batch_size)", "args.lr = lr",
+             (LR_RULE + "test_a_short_folder_run_learns_without_lr[16-1-0-0.6]",)),
+    Mutation("batchnorm-statistics-not-re-estimated", "engine/training.py",
+             "    recompute_batchnorm_statistics(training.model,",
+             "    (lambda *args, **kwargs: None)(training.model,",
+             (LR_RULE + "test_a_short_folder_run_learns_without_lr[512-4-1-0.35]",)),
     Mutation("validation-left-in-training", "engine/sources.py",
              "    keep[val_index] = False\n", "",
              ("tests/test_data.py::test_validation_split_is_balanced_disjoint_and_seeded",)),

@@ -157,7 +157,7 @@ def test_a_run_of_another_model_or_settings_is_refused_before_anything_changes(c
                          "--val-size", "100", "--epochs", "1", "--out", finished_study)
     assert_one_line_error(code, err, "holds a run of another model")
     code, err = run_main(capsys, *ONE_EPOCH, "--lr", "0.5", "--out", finished_study, "--resume")
-    assert_one_line_error(code, err, "--lr 0.025 (now 0.5)")
+    assert_one_line_error(code, err, "--lr 0.0707", "(now 0.5)")  # 0.2 at 512, at batch 64
     assert files_of(run_of(finished_study)) == before
 
 
