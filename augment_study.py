@@ -31,7 +31,8 @@ from models import build_model
 RECIPE = dict(
     epochs=40,            # ~1,600 steps on 5,000 images
     batch_size=128,       # small subset: smaller batches give more steps
-    lr=0.05,              # peak one-cycle lr (part (a)'s 0.2 per 512, scaled to 128)
+    lr=0.05,              # peak one-cycle lr at batch 128, x sqrt(B / 128) at batch B (the
+    lr_reference_batch=128,  # study's value since it began: half of part (a)'s at 128)
     weight_decay=5e-4,
     label_smoothing=0.0,  # no other regulariser beside the arm under study
 )

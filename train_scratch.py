@@ -26,7 +26,8 @@ from models.resnet import DROPOUT_PLACES
 RECIPE = dict(
     epochs=50,             # as the report
     batch_size=512,        # images per step
-    lr=0.2,                # peak of the one-cycle schedule (per 512 images)
+    lr=0.2,                # peak of the one-cycle schedule at batch 512; at another batch B
+    lr_reference_batch=512,  # 0.2 x sqrt(B / 512) (engine.cli.resolve_lr): 0.1 at 128
     weight_decay=5e-4,     # L2 on every parameter, as kuangliu/pytorch-cifar
     label_smoothing=0.1,   # softens targets; ~+0.3-0.5% on CIFAR (He et al. 2019)
 )

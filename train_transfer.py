@@ -35,7 +35,8 @@ from models.transfer import load_weights_file, parameter_groups
 RECIPE = dict(
     epochs=30,            # as the report
     batch_size=256,       # images per step
-    lr=0.05,              # peak of the one-cycle schedule; fine-tuning wants less than part (a)
+    lr=0.05,              # peak of the one-cycle schedule at batch 256, x sqrt(B / 256) at
+    lr_reference_batch=256,  # batch B; fine-tuning wants less than part (a)
     weight_decay=5e-4,
     label_smoothing=0.0,
 )

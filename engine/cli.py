@@ -1,5 +1,6 @@
 """Command-line flags every training script shares, validated when they are parsed."""
 import argparse
+import math
 import sys
 
 from engine.device import PRECISIONS
@@ -7,11 +8,20 @@ from engine.sources import SOURCES
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is answered with one line (and exit status 2, as argparse)."""
+    """argparse, but a bad flag is answered with one line (and exit status 2, as argparse),
+    and the learning rate comes out resolved for the batch (resolve_lr)."""
+
+    lr_recipe = None  # (peak lr, the batch it is for): set by add_common_args
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = super().parse_known_args(args, namespace)
+        if self.lr_recipe is not None:
+            resolve_lr(parsed, *self.lr_recipe)
+        return parsed, extra
 
 
 def _number(kind, minimum, inclusive=True, maximum=None):
@@ -39,8 +49,38 @@ nonnegative_float = _number(float, 0.0)
 fraction = _number(float, 0.0, maximum=1.0)
 
 
-def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoothing=0.0):
-    """The design's command-line contract; the defaults are the calling script's recipe."""
+LR_RULE = "sqrt"  # the peak lr grows as the square root of the batch (README: why not linear)
+
+
+def scaled_lr(lr, reference_batch, batch_size):
+    """The recipe's peak lr at reference_batch, scaled to batch_size by LR_RULE."""
+    return lr * math.sqrt(batch_size / reference_batch)
+
+
+def resolve_lr(args, lr, reference_batch):
+    """--lr as given, or the recipe's peak scaled to the global --batch-size; the recipe and
+    the rule are kept beside it (lr_base, lr_reference_batch, lr_rule) for config.json."""
+    given = args.lr is not None
+    args.lr_base, args.lr_reference_batch = lr, reference_batch
+    args.lr_rule = "given" if given else LR_RULE
+    if not given:
+        args.lr = scaled_lr(lr, reference_batch, args.batch_size)
+    return args
+
+
+def describe_lr(flags):
+    """'peak lr 0.07071 (0.2 at batch 512 x sqrt(64/512); --lr sets it)' for the startup output."""
+    if flags.get("lr_rule") in (None, "given"):
+        return f"peak lr {flags['lr']:g} (--lr)"
+    return (f"peak lr {flags['lr']:.4g} ({flags['lr_base']:g} at batch {flags['lr_reference_batch']}"
+            f" x {flags['lr_rule']}({flags['batch_size']}/{flags['lr_reference_batch']}); "
+            f"--lr sets it)")
+
+
+def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weight_decay,
+                    label_smoothing=0.0):
+    """The design's command-line contract; the defaults are the calling script's recipe
+    (lr: its peak learning rate for a batch of lr_reference_batch images)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=SOURCES, default="cifar10")
     data.add_argument("--data-dir", default="data",
@@ -54,7 +94,10 @@ def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoot
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=positive_int, default=epochs)
     training.add_argument("--batch-size", type=positive_int, default=batch_size)
-    training.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    training.add_argument("--lr", type=positive_float, default=None,
+                          help=f"peak learning rate (default: {lr:g} at batch {lr_reference_batch}"
+                               f", times {LR_RULE}(--batch-size / {lr_reference_batch}); "
+                               f"--batch-size is the global batch)")
     training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
     training.add_argument("--label-smoothing", type=fraction, default=label_smoothing)
     training.add_argument("--seed", type=nonnegative_int, default=0)
@@ -82,6 +125,7 @@ def add_common_args(parser, *, epochs, batch_size, lr, weight_decay, label_smoot
                      help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an existing run in --out (otherwise refuse)")
+    parser.lr_recipe = (lr, lr_reference_batch)
     return parser
 
 

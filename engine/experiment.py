@@ -21,7 +21,7 @@ import torchvision
 from engine import checkpoint as ckpt
 from engine import distributed
 from engine.augment import Compose
-from engine.cli import show_progress
+from engine.cli import describe_lr, show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.errors import Interrupted, UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
@@ -34,9 +34,12 @@ from engine.split import split_validation, take_subset
 
 # Flags that do not choose what a run computes: they may differ when resuming. Like the
 # number of torchrun processes, device, precision and --sync-bn change how the numbers come
-# out, not the experiment; --seeds chooses runs (each run's own seed is its --seed).
+# out, not the experiment; --seeds chooses runs (each run's own seed is its --seed). How the
+# peak lr was reached (lr_base, lr_reference_batch, lr_rule) is recorded, not compared: the
+# resolved lr is.
 RESUME_FREE_FLAGS = {"resume", "overwrite", "no_progress", "device", "compile", "out",
-                     "data_dir", "precision", "sync_bn", "seeds"}
+                     "data_dir", "precision", "sync_bn", "seeds",
+                     "lr_base", "lr_reference_batch", "lr_rule"}
 
 
 @dataclass
@@ -337,6 +340,7 @@ def run_training(experiment, args):
     raise Interrupted; a non-finite loss raises UserError, keeping the last good checkpoint.
     """
     training = prepare_training(experiment, args)
+    print_on_main(f"{experiment.name}: {describe_lr(experiment.flags)}")
     with stop_on_signals() as request:
         stop = AgreedStop(request)
         for epoch in range(training.start_epoch, args.epochs):

@@ -79,7 +79,9 @@ def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     # Asking for the same runs with other flags is refused, not silently reused.
     changed = run_script("dropout_sweep.py", *args[:-2], "--lr", "0.1", "--out", study, check=False)
     assert changed.returncode == 2
-    assert "started with --lr 0.2 (now 0.1)" in changed.stderr and "--overwrite" in changed.stderr
+    assert "started with --lr 0.0707" in changed.stderr  # 0.2 at 512, scaled to batch 64
+    assert "(now 0.1)" in changed.stderr
+    assert "--overwrite" in changed.stderr
 
 
 def test_bad_rates_are_refused(tmp_path):

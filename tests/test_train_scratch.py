@@ -45,7 +45,12 @@ def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == {"name": "resnet18_cifar", "num_classes": 10, "width": 8,
                                "dropout": 0.0, "dropout_at": ["classifier"]}
-    assert config["flags"]["epochs"] == 3 and config["flags"]["lr"] == 0.2
+    assert config["flags"]["epochs"] == 3
+    # No --lr: the recipe's 0.2 at batch 512, scaled to batch 64, and how it was reached.
+    assert {key: config["flags"][key] for key in ("lr_base", "lr_reference_batch", "lr_rule")} == {
+        "lr_base": 0.2, "lr_reference_batch": 512, "lr_rule": "sqrt"}
+    assert config["flags"]["lr"] == pytest.approx(0.2 / 8 ** 0.5)
+    assert result.stdout.startswith("scratch: peak lr 0.07071 (0.2 at batch 512 x sqrt(64/512)")
     assert config["classes"][0] == "class0" and config["sizes"] == {"train": 1000, "val": 500,
                                                                      "test": 1000}
     assert config["device"] == "cpu" and config["torch"] == str(torch.__version__)
@@ -147,7 +152,7 @@ def test_resume_of_another_model_is_refused_before_anything_changes(capsys, fini
     assert_one_line_error(code, err, "holds a run of another model")
     code, err = run_main(capsys, *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
                          "--lr", "0.5", "--out", finished_run, "--resume")
-    assert_one_line_error(code, err, "--lr 0.2 (now 0.5)")
+    assert_one_line_error(code, err, "--lr 0.0707", "(now 0.5)")  # the resolved lr, 0.2 at 512
     assert {path.name: path.read_bytes() for path in finished_run.iterdir()} == before
 
 
