@@ -159,3 +159,32 @@ def evaluate(model, loader, *, device, precision):
         seen += len(inputs)
     loss_sum, correct, seen = sum_over_ranks(loss_sum.item(), correct.item(), seen)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
+    """Re-estimate every training BatchNorm layer's running statistics for the current
+    weights ("precise BN", Wu & Johnson 2021): the plain mean of the per-batch statistics
+    over the first `images` training images of `loader` (all ranks together), in training
+    mode as the steps saw them. Why: the running average lags weights that move fast; after
+    a few dozen steps it still holds statistics of far earlier weights and evaluation goes
+    wrong (digits at batch 512, 8 steps: 11% test accuracy with it, 47% re-estimated).
+    Layers kept in eval mode (frozen, with ImageNet statistics) are left alone."""
+    model.train()
+    layers = [module for module in model.modules()
+              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+              and module.training and module.track_running_stats]
+    if not layers or images <= 0:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # None: a cumulative average, every batch weighted alike
+    steps = -(-images // loader.batch_size)  # loader.batch_size is the global batch
+    for step, (inputs, _) in enumerate(loader):
+        if step == steps:
+            break
+        with autocast(device, precision):
+            model(inputs)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum

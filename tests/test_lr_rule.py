@@ -1,12 +1,16 @@
-"""Defaults that survive a change of batch size: the peak learning rate follows the batch."""
+"""Defaults that survive a change of batch size or budget: the peak learning rate follows
+the batch, BatchNorm statistics are re-estimated for evaluation."""
 import pytest
+import torch
 
 import augment_study
 import dropout_sweep
 import train_scratch
 import train_transfer
 from engine.experiment import check_same_run, run_identity
+from engine.loop import recompute_batchnorm_statistics
 from engine.study import run_flags
+from models.transfer import EvalModeBatchNorm2d
 
 SCRIPTS = [train_scratch, train_transfer, augment_study, dropout_sweep]
 
@@ -44,3 +48,28 @@ def test_a_study_run_records_the_rule_and_compares_only_the_resolved_lr():
     # ... another batch resolves to another lr: another run.
     other = vars(parsed(augment_study, "--batch-size", 64))
     assert run_identity(dict(config, flags=other)) != run_identity(config)
+
+
+class Batches(list):
+    """Batches of (inputs, targets), as a loader yields them."""
+    batch_size = 8
+
+
+def test_batchnorm_statistics_are_re_estimated_for_the_current_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                EvalModeBatchNorm2d(4))  # a frozen layer, as in transfer
+    frozen = {key: value.clone() for key, value in model[2].state_dict().items()}
+    batches = Batches((torch.randn(8, 3, 6, 6) * 3 + 1, None) for _ in range(4))
+    model.eval()
+    recompute_batchnorm_statistics(model, batches, device=torch.device("cpu"), precision="fp32",
+                                   images=16)  # the first two batches
+    with torch.no_grad():
+        features = [model[0](inputs) for inputs, _ in batches[:2]]
+    mean = torch.stack([feature.mean(dim=(0, 2, 3)) for feature in features]).mean(0)
+    variance = torch.stack([feature.var(dim=(0, 2, 3)) for feature in features]).mean(0)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, variance, atol=1e-4)
+    assert model[1].momentum == 0.1 and model.training  # the running average resumes after
+    assert all(torch.equal(model[2].state_dict()[key], value) for key, value in frozen.items())
+
