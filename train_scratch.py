@@ -5,7 +5,7 @@ kuangliu/pytorch-cifar's recipe (SGD, momentum 0.9, weight decay 5e-4, crop + fl
 one-cycle with Nesterov momentum and label smoothing 0.1 (README.md: the recipe and why).
 
     python train_scratch.py                       # CIFAR-10 -> results/scratch/cifar10/seed0/
-    python train_scratch.py --dataset synthetic --epochs 2 --width 16   # offline smoke run
+    python train_scratch.py --dataset synthetic --epochs 2 --width 16 --batch-size 64  # offline
     python train_scratch.py --seeds 0 1 2         # one run per seed, then mean ± std
 """
 from pathlib import Path
