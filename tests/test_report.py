@@ -51,7 +51,8 @@ def results(tmp_path_factory):
         run_main(train_transfer, *TRANSFER, "--configs", "scratch", "frozen-mlp",
                  "--weights", weights, "--out", root / "transfer")
         run_main(augment_study, *QUICK, "--arms", "none", "standard", "--out", root / "augment")
-        run_main(dropout_sweep, *QUICK, "--rates", "0", "0.2", "--out", root / "dropout")
+        run_main(dropout_sweep, *QUICK, "--rates", "0", "0.2", "--dropout-at", "classifier",
+                 "--out", root / "dropout")
         run_main(visualize_activations, "--run", root / "scratch" / "synthetic" / "seed0",
                  "--out", root / "activations" / "x")
     finally:
