@@ -92,7 +92,8 @@ def passed_through(key, args):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value in (None, False) or key not in ONLY.get(flag, TRAINING):
             continue
-        argv += [flag] if value is True else [flag, *map(str, value if isinstance(value, list) else [value])]
+        values = value if isinstance(value, list) else [] if value is True else [value]
+        argv += [flag, *map(str, values)]
     return argv
 
 
@@ -112,16 +113,23 @@ def images(args):
     return min(args.subset or train, train - val), val + test
 
 
-def part_args(key, args, results):
-    """A training part's parsed arguments: the report's flags, --quick's, the shared ones."""
-    script, faithful = TRAINING[key]
-    argv = [*faithful, *(QUICK[key] if args.quick else []), *passed_through(key, args),
+def part_argv(key, args, results):
+    """A training part's command line: the report's flags, --quick's, the shared ones."""
+    argv = [*TRAINING[key][1], *(QUICK[key] if args.quick else []), *passed_through(key, args),
             "--out", str(results / key)]
-    parsed = script.get_args_parser().parse_args(argv)
+    parsed = parse(key, argv)
     train, _ = images(parsed)
     if parsed.subset is not None and parsed.subset > train:  # a small dataset: all it has
-        parsed = script.get_args_parser().parse_args([*argv, "--subset", str(train)])
-    return parsed
+        argv += ["--subset", str(train)]
+    return argv
+
+
+def parse(key, argv):
+    return TRAINING[key][0].get_args_parser().parse_args(argv)
+
+
+def part_args(key, args, results):
+    return parse(key, part_argv(key, args, results))
 
 
 def run_names(key, args):
@@ -258,11 +266,10 @@ def print_plan(plans, targets, args, results):
           f"on {device}; times estimated from each model's speed measured now "
           f"({TIMED_STEPS} timed steps; model compute only, not augmentation or data handling)")
     total = 0.0
-    for key, (part, planned) in plans.items():
+    for key, (argv, _, planned) in plans.items():
         seconds = sum(run.seconds for run in planned)
         total += seconds
-        print(f"\n{key}: python {TRAINING[key][0].__name__}.py "
-              f"{' '.join(passed_through(key, args))} --out {part.out}")
+        print(f"\n{key}: python {TRAINING[key][0].__name__}.py {' '.join(argv)}")
         for run in planned:
             state = ("done" if run.left == 0 else f"~{format_seconds(run.seconds)}"
                      + (f" ({run.epochs - run.left} done)" if run.left < run.epochs else ""))
@@ -307,16 +314,17 @@ def draw(run, out):
 @exits_cleanly_on_user_error
 def main(args):
     results = Path(args.results or ("results/quick" if args.quick else "results"))
-    parts = {key: part_args(key, args, results) for key in TRAINING if key in args.parts}
+    argvs = {key: part_argv(key, args, results) for key in TRAINING if key in args.parts}
     targets = activation_targets(args, results) if "activations" in args.parts else []
-    plans = {key: (part, plan_part(key, part)) for key, part in parts.items()}
+    plans = {key: (argv, parse(key, argv)) for key, argv in argvs.items()}
+    plans = {key: (argv, part, plan_part(key, part)) for key, (argv, part) in plans.items()}
     print_plan(plans, targets, args, results)
     if args.dry_run:
         return plans
-    progress = Progress([run for _, planned in plans.values() for run in planned])
+    progress = Progress([run for *_, planned in plans.values() for run in planned])
     training.run_listeners.append(progress)
     try:
-        for key, part in parts.items():
+        for key, (_, part, _) in plans.items():
             print(f"\n=== {key} ===")
             TRAINING[key][0].main(part)
     finally:
