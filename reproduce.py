@@ -29,9 +29,9 @@ from engine.cli import Parser, nonnegative_int, positive_int
 from engine.configurations import TRANSFER
 from engine.device import PRECISIONS, autocast, resolve_device, resolve_precision
 from engine.errors import UserError, exits_cleanly_on_user_error
+from engine.report import REPORT_NAME
 from engine.seeds import seeds_to_run
 from engine.sources import SOURCES, load_source
-from engine.report import REPORT_NAME
 from engine.training import BATCHNORM_IMAGES, format_seconds, validation_size
 from models import build_model
 
@@ -40,7 +40,8 @@ TRAINING = {
     "scratch": (train_scratch, []),
     "transfer": (train_transfer, ["--augment", "none"]),  # its runs show no augmentation
     "augment": (augment_study, ["--arms", "report"]),     # none and the report's nine
-    "dropout": (dropout_sweep, ["--dropout-at", "classifier", "stage", "block"]),  # "after different layers"
+    # "after different layers": each placement the sweep has
+    "dropout": (dropout_sweep, ["--dropout-at", "classifier", "stage", "block"]),
 }
 PARTS = [*TRAINING, "activations", "report"]
 # --quick: the same runs with fewer epochs (and images for the dropout sweep), ~10 minutes
@@ -220,8 +221,9 @@ def speed(key, name, args):
     batches = (args.batch_size,) if device.type == "cuda" else CPU_TIMING_BATCHES
     timed = [step_seconds(json.dumps(spec), batch, size, device,
                           resolve_precision(args.precision, device)) for batch in batches]
-    return tuple(args.batch_size / at_batch(batches, [pair[mode] for pair in timed], args.batch_size)
-                 for mode in (0, 1))
+    train, evaluate = zip(*timed)
+    return tuple(args.batch_size / at_batch(batches, seconds, args.batch_size)
+                 for seconds in (train, evaluate))
 
 
 def epochs_done(path):

@@ -40,7 +40,8 @@ def test_quick_and_shared_flags_reach_each_part(tmp_path):
     assert parts["augment"].subset == 4500 and parts["scratch"].subset is None
     assert all(part.dataset == "synthetic" and part.seeds == [0, 1] for part in parts.values())
     assert parts["scratch"].width == 8 and not hasattr(parts["transfer"], "width")
-    assert parts["transfer"].weights == "w.pth" and parts["transfer"].out == str(tmp_path / "transfer")
+    assert parts["transfer"].weights == "w.pth"
+    assert parts["transfer"].out == str(tmp_path / "transfer")
 
 
 def test_the_reports_choices_are_the_defaults():
