@@ -9,6 +9,7 @@ torchvision, and the summary says which arms are which. Deterministic arms (resi
 crop) are applied to training and test images alike.
 
     python augment_study.py                                   # every arm
+    python augment_study.py --arms report                     # none and the report's nine
     python augment_study.py --arms none standard cutout mixup --epochs 20
     python augment_study.py --arms none standard flip --seeds 0 1 2   # mean ± std, tested
 Rerunning the command after an interruption continues it (finished arms are reused).
@@ -28,6 +29,12 @@ from engine.summary import write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
 
 GALLERY_IMAGES = 8
+PRESETS = {"report": ["none", *REPORT_ARMS]}  # --arms report: the report's study
+
+
+def arms_to_run(names):
+    """--arms with each preset expanded, each arm once, in the order given."""
+    return list(dict.fromkeys(arm for name in names for arm in PRESETS.get(name, [name])))
 
 
 def get_args_parser():
@@ -35,8 +42,10 @@ def get_args_parser():
     add_common_args(parser, **RECIPES["augment"])
     parser.set_defaults(subset=5000)
     study = parser.add_argument_group("study")
-    study.add_argument("--arms", nargs="+", choices=list(augment.ARMS), default=list(augment.ARMS),
-                       help="augmentations to train, one run each (default: all)")
+    study.add_argument("--arms", nargs="+", choices=[*augment.ARMS, *PRESETS],
+                       default=list(augment.ARMS),
+                       help="augmentations to train, one run each (default: all); report: none "
+                            "and the report's nine")
     study.add_argument("--width", type=positive_int, default=64,
                        help="first-stage channels of the ResNet-18 (64; smaller for quick runs)")
     return parser
@@ -150,7 +159,7 @@ def main(args):
     for seed in seeds_to_run(args):
         seed_args = run_args(args, seed, choosing=("arms",))
         splits = split_data(seed_args, train, test)  # each seed draws its own subset
-        runs += [make_run(arm, seed_args, splits, study) for arm in args.arms]
+        runs += [make_run(arm, seed_args, splits, study) for arm in arms_to_run(args.arms)]
     train_all(runs)
     if distributed.is_main_process():
         write_outputs(runs, args, study)

@@ -8,8 +8,8 @@ placement; join places with "+" to combine them):
   block       inside each BasicBlock, between its two convolutions (nn.Dropout2d)
 Rate 0 is the same network for every placement, so it is trained once and shared.
 
-    python dropout_sweep.py                                  # classifier dropout, 6 rates, 80 epochs
-    python dropout_sweep.py --dropout-at classifier block stage+classifier --epochs 30
+    python dropout_sweep.py                                  # 3 placements x 5 rates + rate 0, 80 epochs
+    python dropout_sweep.py --dropout-at classifier block+stage --epochs 30
     python dropout_sweep.py --rates 0 0.2 0.4 --seeds 0 1 2   # mean ± std, each rate vs 0 tested
 Rerunning the command after an interruption continues it (finished rates are reused).
 """
@@ -50,9 +50,10 @@ def get_args_parser():
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--rates", type=fraction, nargs="+", default=DEFAULT_RATES,
                        help="dropout rates to train (default 0.0 0.1 ... 0.5)")
-    sweep.add_argument("--dropout-at", type=placement, nargs="+", default=["classifier"],
+    sweep.add_argument("--dropout-at", type=placement, nargs="+", default=list(DROPOUT_PLACES),
                        help="placements, one study line each: classifier, stage, block, or "
-                            "several joined by + (e.g. block+classifier)")
+                            "several joined by + (e.g. block+classifier); default: each of the "
+                            "three (the report: \"after different layers\")")
     sweep.add_argument("--width", type=positive_int, default=64, help="first-stage channels (64: ResNet-18)")
     return parser
 

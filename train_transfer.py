@@ -43,6 +43,9 @@ def get_args_parser():
                                "the torch hub cache) or PATH of a resnet18 state dict")
     transfer.add_argument("--image-size", type=positive_int, default=32,
                           help="model input size; larger sizes upsample on the device (the report: 32)")
+    transfer.add_argument("--augment", choices=["none", "crop-flip"], default="none",
+                          help="training augmentation (default none, as the report: its runs reach "
+                               "98.6-99.5%% train vs 73.9-81.1%% val accuracy)")
     transfer.add_argument("--backbone-lr-mult", type=positive_float, default=1.0,
                           help="learning rate of pretrained layers relative to the head")
     return parser
@@ -61,7 +64,7 @@ def make_run(name, args, splits, study):
             "head": configuration.head, "freeze_children": configuration.freeze_children,
             "cifar_stem": configuration.cifar_stem}
     return Run(name, run_args(args, args.seed, config=name), study, spec, splits,
-               train_augment=CropFlip(),
+               train_augment=CropFlip() if args.augment == "crop-flip" else None,
                param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
                # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
                normalization=IMAGENET_STATS if configuration.pretrained else None,
@@ -118,8 +121,9 @@ def write_outputs(runs, args, study_dir):
         if len(chosen) >= 2:
             plot_comparison(chosen, study_dir / file_name, title=title)
     write_summary(study_dir, summary_rows(runs), COLUMNS, "Transfer learning (part (b))", notes=[
-        f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, final epoch; the "
-        "report: 30 epochs at 32x32. Accuracies of the report are read off its text.",
+        f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, augmentation "
+        f"{args.augment}, final epoch; the report: 30 epochs at 32x32, no augmentation (its "
+        "train-val gap says so; the text does not). Accuracies of the report are read off its text.",
         "Frozen = requires_grad off and BatchNorm kept in eval mode (ImageNet statistics fixed); "
         "the report only turned requires_grad off, so its frozen BatchNorm statistics drifted.",
         "At 32x32 ImageNet's stem leaves layer4 a 1x1 map; pretrained-cifar-stem (3x3 stride-1 "

@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 from engine import atomic
 from engine.augment import ARMS
-from engine.configurations import REPORT_ARMS, REPORT_SCRATCH, TRANSFER, TRANSFER_COMPARISONS
+from engine.configurations import (OUR_CHOICES, REPORT_ARMS, REPORT_SCRATCH, TRANSFER,
+                                   TRANSFER_COMPARISONS)
 from engine.errors import UserError
 from engine.seeds import compare, comparison_note, folder_seed, is_number, spread
 from engine.summary import format_cell, format_mean_std
@@ -530,6 +531,9 @@ def build_report(results_dir, found):
              "report's, in percentage points (pp). A run that did not finish says so (epochs "
              "done / planned) and is not compared as final.", ""]
     lines += overview_lines(found) + [""]
+    lines += ["## Our choices, not the report's", "",
+              "What the report does not state, chosen by us (a run's own settings are listed in "
+              "its part):", "", *[f"- {choice}" for choice in OUR_CHOICES], ""]
     sections = {"scratch": scratch_section, "transfer": transfer_section,
                 "augment": augment_section, "dropout": dropout_section,
                 "activations": activations_section}

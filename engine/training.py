@@ -48,6 +48,8 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkp
 # Training images over which BatchNorm statistics are re-estimated before each evaluation
 # (engine.loop.recompute_batchnorm_statistics): 4 batches of 512, ~1.5% of a CIFAR-10 epoch.
 BATCHNORM_IMAGES = 2048
+# Called as listener(run, seconds) after each run is reused or trained (reproduce.py: its ETA).
+run_listeners = []
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -75,11 +77,16 @@ def load_data(args):
     return distributed.main_first(lambda: load_source(args.dataset, args.data_dir))
 
 
+def validation_size(args, train_size):
+    """--val-size, by default 5,000 images for CIFAR and a tenth of the training set otherwise."""
+    if args.val_size is not None:
+        return args.val_size
+    return 5000 if args.dataset.startswith("cifar") else train_size // 10
+
+
 def split_data(args, train, test):
     """The class-balanced validation split and --subset of args.seed."""
-    val_size = args.val_size
-    if val_size is None:
-        val_size = 5000 if args.dataset.startswith("cifar") else len(train) // 10
+    val_size = validation_size(args, len(train))
     val = None
     if val_size > 0:
         train, val = split_validation(train, val_size, args.seed)
@@ -218,12 +225,15 @@ def train(run, action, header=""):
     config are then read back into it."""
     words = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
     print_on_main(f"{header}{run.name} seed {run.args.seed}: {words[action]} {run.path}")
+    started = time.perf_counter()
     if action != "reuse":
         run_training(run, resume=action == "resume")
     if distributed.is_main_process():
         run.metrics = json.loads((run.path / "metrics.json").read_text())
         run.history = read_history(run.path / "history.csv")
         run.config = json.loads((run.path / "config.json").read_text())
+        for listener in run_listeners:
+            listener(run, time.perf_counter() - started)
     return run
 
 

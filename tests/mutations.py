@@ -125,6 +125,12 @@ MUTATIONS = [
     Mutation("validation-left-in-training", "engine/sources.py",
              "    keep[val_index] = False\n", "",
              ("tests/test_data.py::test_validation_split_is_balanced_disjoint_and_seeded",)),
+    Mutation("reproduce-retrains-finished-runs", "reproduce.py",
+             '"--out", str(results / key)]', '"--out", str(results / key), "--overwrite"]',
+             ("tests/test_reproduce.py::test_an_interrupted_study_continues_without_retraining",)),
+    Mutation("reproduce-not-the-reports-arms", "reproduce.py",
+             '(augment_study, ["--arms", "report"])', '(augment_study, [])',
+             ("tests/test_reproduce.py::test_the_reports_choices_are_the_defaults",)),
 ]
 
 

@@ -56,7 +56,7 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
 
 def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     study = tmp_path / "dropout"
-    args = [*SWEEP, "--rates", "0", "0.2", "--out", str(study)]
+    args = [*SWEEP, "--rates", "0", "0.2", "--dropout-at", "classifier", "--out", str(study)]
     process = start_script("dropout_sweep.py", *args, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     second = study / "classifier_rate0.2" / "seed0" / "history.csv"

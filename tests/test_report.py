@@ -23,7 +23,7 @@ import train_scratch
 import train_transfer
 import visualize_activations
 from engine import report as engine_report
-from engine.configurations import TRANSFER as TRANSFER_CONFIGURATIONS
+from engine.configurations import OUR_CHOICES, TRANSFER as TRANSFER_CONFIGURATIONS
 from engine.training import format_seconds
 
 QUICK = ["--dataset", "synthetic", "--width", "8", "--batch-size", "64", "--subset", "200",
@@ -51,7 +51,8 @@ def results(tmp_path_factory):
         run_main(train_transfer, *TRANSFER, "--configs", "scratch", "frozen-mlp",
                  "--weights", weights, "--out", root / "transfer")
         run_main(augment_study, *QUICK, "--arms", "none", "standard", "--out", root / "augment")
-        run_main(dropout_sweep, *QUICK, "--rates", "0", "0.2", "--out", root / "dropout")
+        run_main(dropout_sweep, *QUICK, "--rates", "0", "0.2", "--dropout-at", "classifier",
+                 "--out", root / "dropout")
         run_main(visualize_activations, "--run", root / "scratch" / "synthetic" / "seed0",
                  "--out", root / "activations" / "x")
     finally:
@@ -218,6 +219,12 @@ def test_every_table_of_runs_names_its_source(report_text):
         assert "Source:" in part and "`metrics.json`" in part and "`config.json`" in part
     assert "`engine/configurations.py` (TRANSFER)" in section(report_text, "Part (b)")
     assert "[predictions.json](activations/x/predictions.json)" in section(report_text, "Part (d)")
+
+
+def test_what_the_report_does_not_state_is_said_to_be_our_choice(report_text):
+    choices = section(report_text, "Our choices, not the report's")
+    assert all(f"- {choice}" in choices for choice in OUR_CHOICES)
+    assert "45,000" in choices and "5,000 class-balanced" in choices and "40 epochs" in choices
 
 
 def test_every_link_points_to_an_existing_file(results, report_text):
