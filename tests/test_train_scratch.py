@@ -215,7 +215,7 @@ def test_folder_errors_leave_no_run_directory(capsys, tmp_path, image_tree):
 @pytest.mark.parametrize("flags,fragment", [
     (["--epochs", "0"], "argument --epochs: 0 is out of range"),
     (["--lr", "-1"], "argument --lr: -1 is out of range"),
-    (["--batch-size", "many"], "'many' is not a int"),
+    (["--batch-size", "many"], "'many' is not an integer"),
     (["--label-smoothing", "1.5"], "1.5 is out of range"),
     (["--subset", "999999"], "--subset 999999 is larger than"),
     (["--val-size", "5000"], "--val-size 5000 leaves no training images"),
