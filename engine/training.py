@@ -213,11 +213,40 @@ def plan(run):
     return "train"
 
 
+ACTION_WORDS = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
+
+
+def augmentation(run):
+    transform = compose_optional(run.eval_augment, run.train_augment)
+    return repr(transform) if transform else "none"
+
+
+def startup_block(runs, actions):
+    """What is about to happen, said before the first step: where, on what data, how long,
+    at which lr, into which folder, then each run and whether it is reused."""
+    args, splits = runs[0].args, runs[0].splits
+    device = training_device(args)
+    steps = max(1, len(splits.train) // args.batch_size)  # the training loader's drop_last
+    augments = {augmentation(run) for run in runs}
+    lines = [f"device    {device}, precision {resolve_precision(args.precision, device)}",
+             f"data      {splits.dataset} ({len(splits.classes)} classes): {len(splits.train)} "
+             f"train / {len(splits.val) if splits.val else 0} val / {len(splits.test)} test images",
+             f"schedule  {args.epochs} epochs x {steps} steps of {args.batch_size} images; "
+             f"{describe_lr(vars(args))}",
+             f"augment   {augments.pop() if len(augments) == 1 else 'per run, below'}",
+             f"output    {runs[0].study}",
+             f"runs      {len(runs)}: " + ", ".join(f"{actions.count(action)} {action}"
+                                                  for action in dict.fromkeys(actions))]
+    lines += [f"  [{number}/{len(runs)}] {run.name} seed {run.args.seed}: {action}"
+              + (f" ({augmentation(run)})" if len(augments) > 1 else "")
+              for number, (run, action) in enumerate(zip(runs, actions), 1)]
+    return "\n".join(lines)
+
+
 def train(run, action, header=""):
     """Reuse, resume or train one run as `action` says; on rank 0 its metrics, history and
     config are then read back into it."""
-    words = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
-    print_on_main(f"{header}{run.name} seed {run.args.seed}: {words[action]} {run.path}")
+    print_on_main(f"{header}{run.name} seed {run.args.seed}: {ACTION_WORDS[action]} {run.path}")
     if action != "reuse":
         run_training(run, resume=action == "resume")
     if distributed.is_main_process():
@@ -235,6 +264,7 @@ def train_all(runs):
     if runs[0].args.resume and set(actions) == {"train"}:
         raise UserError(f"--resume: no run to continue in {runs[0].study} (no checkpoint.pt "
                         f"there): drop --resume to start, or point --out at the study to continue")
+    print_on_main(startup_block(runs, actions))
     return [train(run, action, f"[{number}/{len(runs)}] ")
             for number, (run, action) in enumerate(zip(runs, actions), 1)]
 
@@ -439,7 +469,6 @@ def run_training(run, resume=False):
     UserError, keeping the last good checkpoint."""
     training = prepare_training(run, resume)
     args = run.args
-    print_on_main(f"{run.name}: {describe_lr(vars(args))}")
     with stop_on_signals() as request:
         stop = AgreedStop(request)
         for epoch in range(training.start_epoch, args.epochs):

@@ -42,8 +42,24 @@ def assert_run_directory(run, epochs):
     return rows, metrics
 
 
+STARTUP = ["device", "data", "schedule", "augment", "output", "runs"]
+
+
+def startup_block(stdout):
+    """The lines before the first run starts, by their first word."""
+    lines = stdout.splitlines()
+    return {line.split()[0]: line for line in lines[:len(STARTUP)]}
+
+
 def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
     result = run_script("train_scratch.py", *SMALL, "--epochs", "3", "--out", tmp_path / "study")
+    block = startup_block(result.stdout)  # said before the first step, in this order
+    assert list(block) == STARTUP, result.stdout
+    assert block["device"].endswith("cpu, precision fp32")
+    assert "1000 train / 500 val / 1000 test images" in block["data"]
+    assert "3 epochs x 15 steps of 64 images; peak lr 0.07071" in block["schedule"]
+    assert "CropFlip" in block["augment"] and block["output"].endswith(str(tmp_path / "study"))
+    assert "1: 1 train" in block["runs"]
     run = run_of(tmp_path / "study")
     _, metrics = assert_run_directory(run, epochs=3)
     assert (tmp_path / "study" / "summary.md").is_file()
@@ -135,6 +151,7 @@ def test_a_rerun_reuses_the_finished_run_and_changes_nothing(finished_study):
     before = files_of(run_of(finished_study))
     result = run_script("train_scratch.py", *ONE_EPOCH, "--out", finished_study)
     assert "finished earlier, reusing" in result.stdout
+    assert startup_block(result.stdout)["runs"].endswith("1: 1 reuse")
     assert files_of(run_of(finished_study)) == before
 
 
