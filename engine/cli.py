@@ -149,7 +149,9 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
                         help="deterministic algorithms only: identical results run after run "
                              "(slower on GPU)")
     system.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (automatic when not on a terminal)")
+                        help="no progress bars or lines (bars need a terminal)")
+    system.add_argument("--log-every", type=positive_float, default=30.0, metavar="SECONDS",
+                        help="without a terminal: a progress line (step, img/s, run ETA) this often")
 
     run = parser.add_argument_group("run directory")
     run.add_argument("--out", default=None, metavar="DIR", help=out)

@@ -26,8 +26,9 @@ from engine.cli import describe_lr, show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.errors import Interrupted, UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
-from engine.loop import (EpochState, evaluate, load_optimizer_state, make_optimizer,
-                         make_scheduler, recompute_batchnorm_statistics, train_one_epoch)
+from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_optimizer_state,
+                         make_optimizer, make_scheduler, recompute_batchnorm_statistics,
+                         train_one_epoch)
 from engine.plots import plot_curves
 from engine.pretrained import model_from_spec
 from engine.signals import AgreedStop, stop_on_signals
@@ -36,7 +37,7 @@ from engine.sources import load_source, split_validation, take_subset
 # Settings that do not change what a run computes, so a run may continue with others: like
 # the number of torchrun processes they change how the numbers come out, not the experiment.
 # How the peak lr was reached is recorded, not compared: the resolved lr is.
-RESUME_FREE = {"resume", "overwrite", "no_progress", "device", "compile", "data_dir",
+RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "device", "compile", "data_dir",
                "precision", "sync_bn", "lr_base", "lr_reference_batch", "lr_rule"}
 # Settings that choose runs rather than describe one: a run's own args leave them out.
 STUDY_ARGS = {"seeds", "out"}
@@ -243,10 +244,11 @@ def startup_block(runs, actions):
     return "\n".join(lines)
 
 
-def train(run, action, header=""):
+def train(run, action, header="", note=""):
     """Reuse, resume or train one run as `action` says; on rank 0 its metrics, history and
     config are then read back into it."""
-    print_on_main(f"{header}{run.name} seed {run.args.seed}: {ACTION_WORDS[action]} {run.path}")
+    print_on_main(f"{header}{run.name} seed {run.args.seed}: {ACTION_WORDS[action]} {run.path}"
+                  f"{note}")
     if action != "reuse":
         run_training(run, resume=action == "resume")
     if distributed.is_main_process():
@@ -265,8 +267,14 @@ def train_all(runs):
         raise UserError(f"--resume: no run to continue in {runs[0].study} (no checkpoint.pt "
                         f"there): drop --resume to start, or point --out at the study to continue")
     print_on_main(startup_block(runs, actions))
-    return [train(run, action, f"[{number}/{len(runs)}] ")
-            for number, (run, action) in enumerate(zip(runs, actions), 1)]
+    started, trained = time.perf_counter(), 0  # runs trained or resumed so far
+    for number, (run, action) in enumerate(zip(runs, actions), 1):
+        left = sum(later != "reuse" for later in actions[number - 1:])
+        eta = (time.perf_counter() - started) / trained * left if trained else float("nan")
+        train(run, action, f"[{number}/{len(runs)}] ",
+              f" (study ETA {format_seconds(eta)})" if trained and action != "reuse" else "")
+        trained += action != "reuse"
+    return runs
 
 
 # --- one run's training ----------------------------------------------------------------------
@@ -357,6 +365,7 @@ class Training:
     best_val: float = 0.0
     start_epoch: int = 0
     partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
+    clock: Optional[RunClock] = None      # the run's pace, for its ETA
     clear_old_files: bool = False         # --overwrite: at the first save, not before
 
     def save(self, epoch, partial=None):
@@ -420,6 +429,9 @@ def prepare_training(run, resume):
         where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
                  else f"epoch {training.start_epoch}")
         print_on_main(f"resuming {run.path} after {where} of {args.epochs}")
+    steps = len(loaders[0])
+    training.clock = RunClock(args.epochs * steps, training.start_epoch * steps
+                              + (training.partial.step if training.partial else 0))
     return training
 
 
@@ -479,8 +491,9 @@ def run_training(run, resume=False):
     if training.start_epoch == args.epochs:  # finished before: refresh its files
         write_run_files(training)
     metrics = final_metrics(training.history, training.best_val)
-    print_on_main(f"done {run.name}: accuracy train {metrics['train_accuracy']:.4f} "
-                  f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
+    print_on_main(f"done {run.name}: accuracy train {100 * metrics['train_accuracy']:.2f}% "
+                  f"val {100 * metrics['val_accuracy']:.2f}% test "
+                  f"{100 * metrics['test_accuracy']:.2f}% in "
                   f"{format_seconds(metrics['train_seconds'])} -> {run.path}")
     return metrics
 
@@ -490,12 +503,14 @@ def train_epoch(training, epoch, stop):
     run, args = training.run, training.run.args
     train_loader, val_loader, test_loader = training.loaders
     train_loader.set_epoch(epoch)
+    progress = show_progress(args) and distributed.is_main_process()
     start, training.partial = training.partial, None
     state = train_one_epoch(training.stepper, train_loader, training.optimizer,
                             training.scheduler, training.scaler, device=training.device,
                             precision=training.precision, label_smoothing=args.label_smoothing,
-                            progress=show_progress(args) and distributed.is_main_process(),
-                            should_stop=stop, start=start,
+                            progress=progress, log_every=args.log_every if
+                            distributed.is_main_process() and not args.no_progress else None,
+                            clock=training.clock, should_stop=stop, start=start,
                             description=f"{run.name} epoch {epoch + 1}/{args.epochs}")
     state = state.summed_over_ranks()
     if state.first_bad_step >= 0:
@@ -511,10 +526,11 @@ def train_epoch(training, epoch, stop):
                                    precision=training.precision, images=BATCHNORM_IMAGES)
     distributed.sync_buffers(training.model)  # one model on every rank, as the checkpoint
     val = (evaluate(training.evaluator, val_loader, device=training.device,
-                    precision=training.precision) if val_loader is not None
-           else {"loss": float("nan"), "accuracy": float("nan"), "images": 0})
+                    precision=training.precision, progress=progress, description="val")
+           if val_loader is not None else {"loss": float("nan"), "accuracy": float("nan"),
+                                           "images": 0})
     test = evaluate(training.evaluator, test_loader, device=training.device,
-                    precision=training.precision)
+                    precision=training.precision, progress=progress, description="test")
     training.history.append({
         "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
         "train_loss": state.loss, "train_accuracy": state.accuracy,
@@ -573,14 +589,10 @@ def read_history(path):
 
 
 def epoch_line(row, epochs):
-    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4f}  "
+    """Loss / accuracy per split, the lr the epoch ended at (3 significant digits: it ends
+    near 0) and the epoch's time, in the units of the run's final line."""
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  "
             f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
             f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "
             f"test {row['test_loss']:.3f} / {100 * row['test_accuracy']:.2f}%  "
-            f"{row['images_per_second']:.0f} img/s")
-
-
-def format_seconds(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+            f"{row['images_per_second']:.0f} img/s  {format_seconds(row['seconds'])}")

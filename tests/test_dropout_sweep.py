@@ -34,9 +34,13 @@ def test_placements_are_validated_and_canonical():
 
 def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
     study = tmp_path / "dropout"
-    run_script("dropout_sweep.py", *SWEEP, "--rates", "0", "0.3", "--dropout-at", "classifier",
-               "block+stage", "--out", study)
+    result = run_script("dropout_sweep.py", *SWEEP, "--rates", "0", "0.3", "--dropout-at",
+                        "classifier", "block+stage", "--out", study)
     runs = ["rate0.0", "classifier_rate0.3", "stage+block_rate0.3"]
+    # Run i of n, and from the second run on the study's ETA.
+    heads = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [head.split()[0] for head in heads] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert "ETA" not in heads[0] and all(" (study ETA " in head for head in heads[1:]), heads
     for name in runs:
         assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
             "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]

@@ -1,6 +1,7 @@
 """train_scratch.py end to end: learning, the run-directory contract, resume, errors."""
 import csv
 import json
+import re
 import signal
 import subprocess
 import time
@@ -52,7 +53,10 @@ def startup_block(stdout):
 
 
 def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
-    result = run_script("train_scratch.py", *SMALL, "--epochs", "3", "--out", tmp_path / "study")
+    # Not on a terminal and without --no-progress: progress lines, here one per step.
+    args = [arg for arg in SMALL if arg != "--no-progress"]
+    result = run_script("train_scratch.py", *args, "--epochs", "3", "--log-every", "0.001",
+                        "--out", tmp_path / "study")
     block = startup_block(result.stdout)  # said before the first step, in this order
     assert list(block) == STARTUP, result.stdout
     assert block["device"].endswith("cpu, precision fp32")
@@ -74,8 +78,19 @@ def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
     assert len(config["normalization"]["std"]) == 3
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3 and checkpoint["config"] == config
-    last = [line for line in result.stdout.splitlines() if line.startswith("done ")][-1]
+    lines = result.stdout.splitlines()
+    last = [line for line in lines if line.startswith("done ")][-1]
     assert last.startswith("done synthetic: accuracy train") and "test" in last and str(run) in last
+    assert f"test {100 * metrics['test_accuracy']:.2f}% in 0m" in last
+    # Within the first epoch, before its epoch line: step, images/s and the run's ETA.
+    first_epoch = lines[:lines.index(next(line for line in lines if line.startswith("epoch ")))]
+    assert any(re.fullmatch(r"synthetic epoch 1/3 step 2/15  loss \S+  \d+ img/s  run ETA "
+                            r"\d+m\d\ds", line) for line in first_epoch), result.stdout
+    # The last epoch's lr ends near zero: shown in 3 significant digits, not as 0.0000.
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    lr = float(read_history(run)[-1]["lr"])
+    assert lr < 1e-3 and f"  lr {lr:.3g}  " in epoch_lines[-1]
+    assert re.search(r"img/s  \dm\d\ds$", epoch_lines[-1])  # the epoch's time
 
 
 def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
