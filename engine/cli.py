@@ -75,6 +75,14 @@ nonnegative_float = _number(float, 0.0)
 fraction = _number(float, 0.0, maximum=1.0)
 
 
+def dropout_rate(text):
+    """A fraction below 1: dropout at 1 zeroes every activation."""
+    value = fraction(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"{text} would drop every activation: must be < 1")
+    return value
+
+
 LR_RULE = "sqrt"  # the peak lr grows as the square root of the batch (README: why not linear)
 
 

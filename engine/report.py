@@ -16,14 +16,14 @@ from urllib.parse import quote
 
 from engine import atomic
 from engine.augment import ARMS
-from engine.configurations import REPORT_ARMS, REPORT_SCRATCH, TRANSFER, TRANSFER_COMPARISONS
+from engine.configurations import (REPORT_ARMS, REPORT_DATASET, REPORT_SCRATCH, TRANSFER,
+                                   TRANSFER_COMPARISONS)
 from engine.errors import UserError
 from engine.seeds import compare, comparison_note, folder_seed, is_number, spread
 from engine.summary import format_cell, format_mean_std
 from engine.training import RESUME_FREE, format_seconds, holds_run
 
 REPORT_NAME = "REPORT.md"
-REPORT_DATASET = "cifar10"  # the dataset of every figure in the original report
 PARTS = {  # folder under the results root: (title, script)
     "scratch": ("Part (a): ResNet-18 from scratch", "train_scratch.py"),
     "transfer": ("Part (b): transfer learning from ImageNet", "train_transfer.py"),

@@ -181,6 +181,9 @@ def check_writable(path):
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
+    except FileNotFoundError:  # of a directory that exists: its file system makes no files
+        raise UserError(f"cannot write to {path}: {existing} is on a file system that accepts no "
+                        f"new files (such as /proc or /sys); choose another --out") from None
     except OSError as error:
         raise UserError(f"cannot write to {existing} ({error.strerror}): choose another --out") from None
 
@@ -229,7 +232,10 @@ def startup_block(runs, actions):
     device = training_device(args)
     steps = max(1, len(splits.train) // args.batch_size)  # the training loader's drop_last
     augments = {augmentation(run) for run in runs}
-    lines = [f"device    {device}, precision {resolve_precision(args.precision, device)}",
+    precision = resolve_precision(args.precision, device)
+    lines = [f"device    {device}, precision {precision}" + (
+                 " (warning: fp16 on a CPU is slow and its loss scaling is for GPUs: use bf16 or "
+                 "fp32)" if (device.type, precision) == ("cpu", "fp16") else ""),
              f"data      {splits.dataset} ({len(splits.classes)} classes): {len(splits.train)} "
              f"train / {len(splits.val) if splits.val else 0} val / {len(splits.test)} test images",
              f"schedule  {args.epochs} epochs x {steps} steps of {args.batch_size} images; "
@@ -426,9 +432,10 @@ def prepare_training(run, resume):
                         grad_scaler(device, precision), clear_old_files=args.overwrite)
     if saved is not None:
         restore(training, saved)  # every rank loads the same state
-        where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
-                 else f"epoch {training.start_epoch}")
-        print_on_main(f"resuming {run.path} after {where} of {args.epochs}")
+        where = (f"in epoch {training.start_epoch + 1} of {args.epochs} after step "
+                 f"{training.partial.step} of {len(loaders[0])}" if training.partial
+                 else f"after epoch {training.start_epoch} of {args.epochs}")
+        print_on_main(f"resuming {run.path} {where}")
     steps = len(loaders[0])
     training.clock = RunClock(args.epochs * steps, training.start_epoch * steps
                               + (training.partial.step if training.partial else 0))
@@ -515,8 +522,9 @@ def train_epoch(training, epoch, stop):
     state = state.summed_over_ranks()
     if state.first_bad_step >= 0:
         raise UserError(f"training diverged in epoch {epoch + 1} at step {state.first_bad_step + 1}"
-                        f" (the loss is not finite): lower --lr (now {args.lr:g}); the last good "
-                        f"checkpoint is kept in {run.path}")
+                        f" (the loss is not finite): lower --lr (now {args.lr:g}); " + (
+                            f"the last good checkpoint is kept in {run.path}"
+                            if run.checkpoint.is_file() else "no checkpoint was written"))
     if not state.finished:
         training.save(epoch, partial=state)
         raise Interrupted(stop.signum, f"in epoch {epoch + 1} after step {state.step} of "

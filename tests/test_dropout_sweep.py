@@ -56,6 +56,21 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
     assert float(row["gap"]) == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
     markdown = (study / "summary.md").read_text()
     assert "| stage+block_rate0.3 | stage+block | 0.3 |" in markdown
+    gap = 100 * float(row["gap"])
+    assert f" {gap:+.2f} pp |" in markdown  # a difference of accuracies, in points
+
+
+@pytest.mark.parametrize("rates,fragment", [
+    (["1.0"], "1.0 would drop every activation: must be < 1"),
+    (["0.2", "0.2"], "the study lists a configuration twice"),
+])
+def test_a_rate_of_one_or_twice_is_refused(capsys, tmp_path, rates, fragment):
+    with pytest.raises(SystemExit) as stopped:
+        dropout_sweep.main(dropout_sweep.get_args_parser().parse_args(
+            [*SWEEP, "--rates", *rates, "--out", str(tmp_path / "study")]))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("error: ") and fragment in err, err
+    assert not (tmp_path / "study").exists()
 
 
 def test_an_interrupted_sweep_continues_without_retraining(tmp_path):

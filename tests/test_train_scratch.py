@@ -249,6 +249,8 @@ def test_folder_errors_leave_no_run_directory(capsys, tmp_path, image_tree):
     (["--lr", "-1"], "argument --lr: -1 is out of range"),
     (["--batch-size", "many"], "'many' is not an integer"),
     (["--label-smoothing", "1.5"], "1.5 is out of range"),
+    (["--dropout", "1"], "1 would drop every activation"),
+    (["--dropout-at", "block"], "--dropout-at places dropout but --dropout is 0"),
     (["--subset", "999999"], "--subset 999999 is larger than"),
     (["--val-size", "5000"], "--val-size 5000 leaves no training images"),
     (["--device", "cuda:7"], "--device cuda:7"),
