@@ -195,12 +195,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
 
 
 @torch.inference_mode()
-def evaluate(model, loader, *, device, precision, progress=False, description="evaluate"):
+def evaluate(model, loader, *, device, precision, progress=False, description="evaluate",
+             num_classes=0):
     """Mean loss (plain cross-entropy), accuracy and image count over every image of
-    `loader`, summed over ranks when each rank evaluates its own share of a split."""
+    `loader`, summed over ranks when each rank evaluates its own share of a split; with
+    num_classes, also the confusion matrix (rows: true class, columns: predicted)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes ** 2, device=device, dtype=torch.int64)
     seen = 0
     for inputs, targets in tqdm(loader, description, leave=False, disable=not progress,
                                 dynamic_ncols=True):
@@ -208,9 +211,14 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += count_correct(logits, targets)
+        if num_classes:
+            confusion += torch.bincount(targets * num_classes + logits.argmax(dim=1),
+                                        minlength=num_classes ** 2)
         seen += len(inputs)
-    loss_sum, correct, seen = sum_over_ranks(loss_sum.item(), correct.item(), seen)
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}
+    loss_sum, correct, seen, *counts = sum_over_ranks(loss_sum.item(), correct.item(), seen,
+                                                      *confusion.tolist())
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen),
+            "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}
 
 
 @torch.no_grad()

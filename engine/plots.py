@@ -40,6 +40,26 @@ def plot_curves(history, path, title=None):
     save_figure(figure, path)
 
 
+def plot_confusion(confusion, classes, path, title=None):
+    """The confusion matrix: colour is the share of each true class's images (row-normalised),
+    the number the count, where there is room to write it."""
+    confusion = confusion.numpy()
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    side = max(5.0, 0.45 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(side + 1, side))
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, label="share of the true class's images")
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=45, ha="right", fontsize="small")
+    axes.set_yticks(ticks, classes, fontsize="small")
+    axes.set(xlabel="predicted class", ylabel="true class", title=title)
+    if len(classes) <= 20:  # beyond, the numbers would not fit their cells
+        for (row, column), count in np.ndenumerate(confusion):
+            axes.text(column, row, count, ha="center", va="center", fontsize="x-small",
+                      color="white" if shares[row, column] > 0.5 else "black")
+    save_figure(figure, path)
+
+
 def seed_histories(value):
     """A run name's histories: one per seed. A single history (a list of epoch rows) is one."""
     return [value] if value and isinstance(value[0], dict) else list(value)

@@ -29,7 +29,7 @@ from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_optimizer_state,
                          make_optimizer, make_scheduler, recompute_batchnorm_statistics,
                          train_one_epoch)
-from engine.plots import plot_curves
+from engine.plots import plot_confusion, plot_curves
 from engine.pretrained import model_from_spec
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
@@ -45,7 +45,8 @@ HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "v
                    "test_loss", "test_accuracy", "seconds", "images_per_second")
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
                "train_loss", "val_loss", "test_loss")
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt")
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt",
+             "per_class.csv", "confusion.png")
 # Training images over which BatchNorm statistics are re-estimated before each evaluation
 # (engine.loop.recompute_batchnorm_statistics): 4 batches of 512, ~1.5% of a CIFAR-10 epoch.
 BATCHNORM_IMAGES = 2048
@@ -372,6 +373,7 @@ class Training:
     start_epoch: int = 0
     partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
     clock: Optional[RunClock] = None      # the run's pace, for its ETA
+    confusion: Optional[torch.Tensor] = None  # of the test set, at the last evaluation
     clear_old_files: bool = False         # --overwrite: at the first save, not before
 
     def save(self, epoch, partial=None):
@@ -497,6 +499,11 @@ def run_training(run, resume=False):
                                                f"{run.path})")
     if training.start_epoch == args.epochs:  # finished before: refresh its files
         write_run_files(training)
+        training.confusion = evaluate(training.evaluator, training.loaders[2],
+                                      device=training.device, precision=training.precision,
+                                      num_classes=len(run.splits.classes))["confusion"]
+    if distributed.is_main_process():
+        write_per_class(run.path, run.splits.classes, training.confusion, run.splits.dataset)
     metrics = final_metrics(training.history, training.best_val)
     print_on_main(f"done {run.name}: accuracy train {100 * metrics['train_accuracy']:.2f}% "
                   f"val {100 * metrics['val_accuracy']:.2f}% test "
@@ -538,7 +545,9 @@ def train_epoch(training, epoch, stop):
            if val_loader is not None else {"loss": float("nan"), "accuracy": float("nan"),
                                            "images": 0})
     test = evaluate(training.evaluator, test_loader, device=training.device,
-                    precision=training.precision, progress=progress, description="test")
+                    precision=training.precision, progress=progress, description="test",
+                    num_classes=len(run.splits.classes))
+    training.confusion = test["confusion"]
     training.history.append({
         "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
         "train_loss": state.loss, "train_accuracy": state.accuracy,
@@ -566,6 +575,16 @@ def write_run_files(training):
     write_history(path / "history.csv", history)
     atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
     plot_curves(history, path / "curves.png", title=training.run.name)
+
+
+def write_per_class(path, classes, confusion, dataset):
+    """per_class.csv (each class's test images, correct and accuracy) and confusion.png."""
+    images, correct = confusion.sum(dim=1), confusion.diagonal()
+    rows = [f"{name},{int(count)},{int(right)},{right / max(count, 1):.4f}"
+            for name, count, right in zip(classes, images, correct)]
+    atomic.write_text(path / "per_class.csv", "\n".join(["class,images,correct,accuracy", *rows]) + "\n")
+    plot_confusion(confusion, classes, path / "confusion.png",
+                   title=f"{dataset} test set: {int(images.sum())} images")
 
 
 def write_history(path, history):

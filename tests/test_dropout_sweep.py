@@ -43,7 +43,8 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
     assert "ETA" not in heads[0] and all(" (study ETA " in head for head in heads[1:]), heads
     for name in runs:
         assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
-            "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+            "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     model = json.loads((study / "stage+block_rate0.3" / "seed0" / "config.json").read_text())["model"]
     assert model["dropout"] == 0.3 and model["dropout_at"] == ["stage", "block"]
     for plot in ("curves_classifier.png", "curves_stage+block.png", "rate_summary.png"):

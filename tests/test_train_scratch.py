@@ -28,7 +28,8 @@ def read_history(run):
 
 def assert_run_directory(run, epochs):
     assert sorted(path.name for path in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+        "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     rows = read_history(run)
     assert list(rows[0].keys()) == list(HISTORY_COLUMNS)
     assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
@@ -40,6 +41,15 @@ def assert_run_directory(run, epochs):
     assert metrics["epochs"] == epochs and metrics["train_seconds"] > 0
     assert metrics["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows))
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Per class on the test set: every test image once, the diagonal the accuracy.
+    with open(run / "per_class.csv", newline="") as handle:
+        per_class = list(csv.DictReader(handle))
+    config = json.loads((run / "config.json").read_text())
+    assert [row["class"] for row in per_class] == config["classes"]
+    assert sum(int(row["images"]) for row in per_class) == config["sizes"]["test"]
+    assert sum(int(row["correct"]) for row in per_class) == round(
+        metrics["test_accuracy"] * config["sizes"]["test"])
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return rows, metrics
 
 

@@ -33,7 +33,8 @@ def test_every_run_the_plots_and_the_summary_are_written(study):
     names = ["scratch", "pretrained", "frozen-mlp", "frozen-deep"]
     for name in names:
         assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
-            "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+            "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     for plot in ("compare_pretrained_vs_scratch.png", "compare_heads.png", "compare_all.png"):
         assert (study / plot).read_bytes()[:4] == b"\x89PNG"
     with open(study / "summary.csv", newline="") as handle:
