@@ -133,7 +133,7 @@ def write_outputs(runs, args, study_dir):
         own = {**zero, **{name: runs for name, runs in histories.items()
                           if placements[name] == place}}
         plot_runs(own, ["test_accuracy", "test_loss"], study_dir / f"curves_{place}.png",
-                  title=f"test accuracy and loss per epoch, dropout at {place}")
+                  title=f"dropout at {place}: {args.dataset}, {args.epochs} epochs")
     plot_lines([("final test accuracy (%)", lines_per_placement(rows, args.dropout_at, "test_accuracy")),
                 ("train − test accuracy (points)", lines_per_placement(rows, args.dropout_at, "gap"))],
                "dropout rate", study_dir / "rate_summary.png",

@@ -128,7 +128,8 @@ def write_outputs(runs, args, study_dir):
     for file_name, title, names in TRANSFER_COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
-            plot_comparison(chosen, study_dir / file_name, title=title)
+            plot_comparison(chosen, study_dir / file_name,
+                            title=f"{title}: {args.dataset}, {args.epochs} epochs")
     write_summary(study_dir, summary_rows(runs), COLUMNS, "Transfer learning (part (b))", notes=[
         f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, final epoch; the "
         "report: 30 epochs at 32x32. Accuracies of the report are read off its text.",

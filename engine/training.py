@@ -574,7 +574,10 @@ def write_run_files(training):
     atomic.write_json(path / "config.json", training.config)
     write_history(path / "history.csv", history)
     atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
-    plot_curves(history, path / "curves.png", title=training.run.name)
+    run = training.run
+    plot_curves(history, path / "curves.png", label_smoothing=run.args.label_smoothing,
+                title=f"{run.name} seed {run.args.seed}: {run.splits.dataset}, "
+                      f"{run.args.epochs} epochs")
 
 
 def write_per_class(path, classes, confusion, dataset):
