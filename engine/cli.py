@@ -158,6 +158,9 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
                              "(slower on GPU)")
     system.add_argument("--no-progress", action="store_true",
                         help="no progress bars or lines (bars need a terminal)")
+    system.add_argument("--tensorboard", action="store_true",
+                        help="also write history.csv's scalars to <run>/tensorboard/ (needs the "
+                             "tensorboard package)")
     system.add_argument("--log-every", type=positive_float, default=30.0, metavar="SECONDS",
                         help="without a terminal: a progress line (step, img/s, run ETA) this often")
 

@@ -37,8 +37,9 @@ from engine.sources import load_source, split_validation, take_subset
 # Settings that do not change what a run computes, so a run may continue with others: like
 # the number of torchrun processes they change how the numbers come out, not the experiment.
 # How the peak lr was reached is recorded, not compared: the resolved lr is.
-RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "device", "compile", "data_dir",
-               "precision", "sync_bn", "lr_base", "lr_reference_batch", "lr_rule"}
+RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "tensorboard", "device",
+               "compile", "data_dir", "precision", "sync_bn", "lr_base", "lr_reference_batch",
+               "lr_rule"}
 # Settings that choose runs rather than describe one: a run's own args leave them out.
 STUDY_ARGS = {"seeds", "out"}
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -374,6 +375,7 @@ class Training:
     partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
     clock: Optional[RunClock] = None      # the run's pace, for its ETA
     confusion: Optional[torch.Tensor] = None  # of the test set, at the last evaluation
+    tensorboard: object = None            # a SummaryWriter with --tensorboard, on rank 0
     clear_old_files: bool = False         # --overwrite: at the first save, not before
 
     def save(self, epoch, partial=None):
@@ -438,10 +440,22 @@ def prepare_training(run, resume):
                  f"{training.partial.step} of {len(loaders[0])}" if training.partial
                  else f"after epoch {training.start_epoch} of {args.epochs}")
         print_on_main(f"resuming {run.path} {where}")
+    if args.tensorboard and distributed.is_main_process():
+        training.tensorboard = summary_writer()(run.path / "tensorboard")
     steps = len(loaders[0])
     training.clock = RunClock(args.epochs * steps, training.start_epoch * steps
                               + (training.partial.step if training.partial else 0))
     return training
+
+
+def summary_writer():
+    """torch's SummaryWriter class, imported only for --tensorboard (an optional package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or drop --tensorboard)") from None
+    return SummaryWriter
 
 
 def load_run_to_resume(run):
@@ -562,6 +576,10 @@ def train_epoch(training, epoch, stop):
     training.save(epoch + 1)
     write_run_files(training)
     print_on_main(epoch_line(training.history[-1], args.epochs))
+    if training.tensorboard:  # the scalars of history.csv, against the epoch
+        for key in HISTORY_COLUMNS[1:]:
+            training.tensorboard.add_scalar(key, training.history[-1][key], epoch + 1)
+        training.tensorboard.flush()
 
 
 # --- the run directory's files ---------------------------------------------------------------

@@ -2,6 +2,8 @@
 import csv
 import json
 import re
+import sys
+import types
 import signal
 import subprocess
 import time
@@ -271,3 +273,35 @@ def test_bad_values_are_refused_in_one_line(capsys, tmp_path, flags, fragment):
             [*QUICK, "--out", str(tmp_path / "run"), *flags]))
     assert_one_line_error(stopped.value.code, capsys.readouterr().err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_the_package_is_one_line_and_writes_nothing(capsys, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it fails
+    code, err = run_main(capsys, *ONE_EPOCH, "--tensorboard", "--out", tmp_path / "study")
+    assert_one_line_error(code, err, "--tensorboard needs the tensorboard package: pip install")
+    assert not (tmp_path / "study").exists()
+
+
+def test_tensorboard_gets_the_scalars_of_history_csv(tmp_path, monkeypatch):
+    logged, folders = [], []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, folder):
+            folders.append(folder)
+
+        def add_scalar(self, key, value, step):
+            logged.append((key, step, value))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))
+    train_scratch.main(train_scratch.get_args_parser().parse_args(
+        [str(arg) for arg in (*ONE_EPOCH, "--tensorboard", "--out", tmp_path / "study")]))
+    run = run_of(tmp_path / "study")
+    row = read_history(run)[0]
+    assert folders == [run / "tensorboard"]
+    assert logged == [(key, 1, pytest.approx(float(row[key]), rel=1e-5))
+                      for key in HISTORY_COLUMNS[1:]]
