@@ -124,8 +124,8 @@ def write_outputs(runs, args, study_dir):
               study_dir / "test_accuracy.png", highlight=("none", "standard"),
               errors={row["arm"]: in_points(row["test_accuracy_std"]) for row in rows},
               chance=100 / len(splits.classes),
-              title=with_seeds(f"test accuracy per augmentation ({len(splits.train)} "
-                               f"training images)", args))
+              title=with_seeds(f"test accuracy per augmentation ({args.dataset}, "
+                               f"{len(splits.train)} training images, {args.epochs} epochs)", args))
     plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
               title=f"per-arm curves: {args.dataset}, {args.epochs} epochs")
     write_gallery(list(dict.fromkeys(run.name for run in runs)), splits, study_dir / "gallery.png",

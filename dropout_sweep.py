@@ -137,7 +137,8 @@ def write_outputs(runs, args, study_dir):
     plot_lines([("final test accuracy (%)", lines_per_placement(rows, args.dropout_at, "test_accuracy")),
                 ("train − test accuracy (points)", lines_per_placement(rows, args.dropout_at, "gap"))],
                "dropout rate", study_dir / "rate_summary.png",
-               title=with_seeds(f"dropout sweep: final epoch ({args.epochs} epochs)", args))
+               title=with_seeds(f"dropout sweep: final epoch ({args.dataset}, {args.epochs} epochs)",
+                                args))
     write_summary(study_dir, rows, COLUMNS, "Dropout sweep", notes=[
         "The report shows this sweep only as plots (80 epochs, placement unstated); it gives no "
         "numbers to compare with.",
