@@ -600,12 +600,15 @@ def write_run_files(training):
 
 def write_per_class(path, classes, confusion, dataset):
     """per_class.csv (each class's test images, correct and accuracy) and confusion.png."""
-    images, correct = confusion.sum(dim=1), confusion.diagonal()
-    rows = [f"{name},{int(count)},{int(right)},{right / max(count, 1):.4f}"
-            for name, count, right in zip(classes, images, correct)]
-    atomic.write_text(path / "per_class.csv", "\n".join(["class,images,correct,accuracy", *rows]) + "\n")
+    images, correct = confusion.sum(dim=1).tolist(), confusion.diagonal().tolist()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # quotes a folder class named "a, b"
+    writer.writerow(["class", "images", "correct", "accuracy"])
+    writer.writerows([name, count, right, f"{right / max(count, 1):.4f}"]
+                     for name, count, right in zip(classes, images, correct))
+    atomic.write_text(path / "per_class.csv", buffer.getvalue())
     plot_confusion(confusion, classes, path / "confusion.png",
-                   title=f"{dataset} test set: {int(images.sum())} images")
+                   title=f"{dataset} test set: {sum(images)} images")
 
 
 def write_history(path, history):
