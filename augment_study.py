@@ -32,7 +32,9 @@ GALLERY_IMAGES = 8
 
 def get_args_parser():
     parser = Parser(__doc__)
-    add_common_args(parser, **RECIPES["augment"], out="the study folder: one run per arm in DIR/<arm>/seed<S>/, summary and plots in DIR (default: results/augment)")
+    add_common_args(parser, **RECIPES["augment"],
+                    out="the study folder: one run per arm in DIR/<arm>/seed<S>/, summary and "
+                        "plots in DIR (default: results/augment)")
     parser.set_defaults(subset=5000)
     study = parser.add_argument_group("study")
     study.add_argument("--arms", nargs="+", choices=list(augment.ARMS), default=list(augment.ARMS),

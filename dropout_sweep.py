@@ -46,7 +46,10 @@ placement.__name__ = "placement (classifier, stage, block, or several joined by 
 
 def get_args_parser():
     parser = Parser(__doc__)
-    add_common_args(parser, **RECIPES["dropout"], out="the study folder: one run per rate and placement in DIR/<run>/seed<S>/, summary and plots in DIR (default: results/dropout)")
+    add_common_args(parser, **RECIPES["dropout"],
+                    out="the study folder: one run per rate and placement in "
+                        "DIR/<run>/seed<S>/, summary and plots in DIR (default: "
+                        "results/dropout)")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--rates", type=dropout_rate, nargs="+", default=DEFAULT_RATES,
                        help="dropout rates to train (default 0.0 0.1 ... 0.5)")

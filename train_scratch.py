@@ -23,7 +23,9 @@ from models.resnet import DROPOUT_PLACES
 
 def get_args_parser():
     parser = Parser(__doc__)
-    add_common_args(parser, **RECIPES["scratch"], out="the study folder: the run goes to DIR/<dataset>/seed<S>/ and summary.md to DIR (default: results/scratch)")
+    add_common_args(parser, **RECIPES["scratch"],
+                    out="the study folder: the run goes to DIR/<dataset>/seed<S>/ and "
+                        "summary.md to DIR (default: results/scratch)")
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=positive_int, default=64,
                        help="channels of the first stage (64 is ResNet-18; smaller for quick tests)")

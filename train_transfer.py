@@ -34,7 +34,10 @@ from models.transfer import count_parameters, parameter_groups
 
 def get_args_parser():
     parser = Parser(__doc__)
-    add_common_args(parser, **RECIPES["transfer"], out="the study folder: one run per configuration in DIR/<configuration>/seed<S>/, summary and comparison plots in DIR (default: results/transfer)")
+    add_common_args(parser, **RECIPES["transfer"],
+                    out="the study folder: one run per configuration in "
+                        "DIR/<configuration>/seed<S>/, summary and comparison plots in DIR "
+                        "(default: results/transfer)")
     transfer = parser.add_argument_group("transfer")
     transfer.add_argument("--configs", nargs="+", choices=list(TRANSFER),
                           default=list(TRANSFER), help="configurations to run (default: all)")

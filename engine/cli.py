@@ -162,7 +162,8 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
                         help="also write history.csv's scalars to <run>/tensorboard/ (needs the "
                              "tensorboard package)")
     system.add_argument("--log-every", type=positive_float, default=30.0, metavar="SECONDS",
-                        help="without a terminal: a progress line (step, img/s, run ETA) this often")
+                        help="without a terminal: a progress line (step, img/s, run ETA) "
+                             "this often")
 
     run = parser.add_argument_group("run directory")
     run.add_argument("--out", default=None, metavar="DIR", help=out)

@@ -156,8 +156,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
     EpochState reached: finished, or stopped early because should_stop() turned true.
 
     progress: a tqdm bar; else log_every: a plain line every so many seconds; clock: the
-    run's RunClock, for its ETA. Non-finite losses are noted on the device (first_bad_step) and checked by the caller at
-    the end of the epoch, so the check costs no synchronisation per step.
+    run's RunClock, for its ETA. Non-finite losses are noted on the device (first_bad_step)
+    and checked by the caller at the end of the epoch: no synchronisation per step.
     """
     start = start or EpochState()
     model.train()
@@ -217,8 +217,8 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
         seen += len(inputs)
     loss_sum, correct, seen, *counts = sum_over_ranks(loss_sum.item(), correct.item(), seen,
                                                       *confusion.tolist())
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen),
-            "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "images": int(seen), "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}
 
 
 @torch.no_grad()

@@ -174,6 +174,11 @@ def files_of(run):
     return {path.name: path.read_bytes() for path in run.iterdir()}
 
 
+def test_a_short_run_counts_each_class_right_and_wrong(finished_study):
+    _, metrics = assert_run_directory(run_of(finished_study), epochs=1)
+    assert metrics["test_accuracy"] < 0.9  # wrong answers too, off the confusion's diagonal
+
+
 def test_a_rerun_reuses_the_finished_run_and_changes_nothing(finished_study):
     before = files_of(run_of(finished_study))
     result = run_script("train_scratch.py", *ONE_EPOCH, "--out", finished_study)
