@@ -38,8 +38,10 @@ def arms_to_run(names):
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPES["augment"])
+    parser = Parser(__doc__)
+    add_common_args(parser, **RECIPES["augment"],
+                    out="the study folder: one run per arm in DIR/<arm>/seed<S>/, summary and "
+                        "plots in DIR (default: results/augment)")
     parser.set_defaults(subset=5000)
     study = parser.add_argument_group("study")
     study.add_argument("--arms", nargs="+", choices=[*augment.ARMS, *PRESETS],
@@ -132,10 +134,11 @@ def write_outputs(runs, args, study_dir):
     plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
               study_dir / "test_accuracy.png", highlight=("none", "standard"),
               errors={row["arm"]: in_points(row["test_accuracy_std"]) for row in rows},
-              title=with_seeds(f"test accuracy per augmentation ({len(splits.train)} "
-                               f"training images)", args))
+              chance=100 / len(splits.classes),
+              title=with_seeds(f"test accuracy per augmentation ({args.dataset}, "
+                               f"{len(splits.train)} training images, {args.epochs} epochs)", args))
     plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
-              title="per-arm curves")
+              title=f"per-arm curves: {args.dataset}, {args.epochs} epochs")
     write_gallery(list(dict.fromkeys(run.name for run in runs)), splits, study_dir / "gallery.png",
                   args.seed)
     write_summary(study_dir, rows, COLUMNS, "Augmentation study (tiny CIFAR-10)", notes=[

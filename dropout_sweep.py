@@ -17,13 +17,13 @@ from pathlib import Path
 
 from engine import distributed
 from engine.augment import CropFlip
-from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.cli import Parser, add_common_args, dropout_rate, positive_int
 from engine.configurations import RECIPES
 from engine.errors import exits_cleanly_on_user_error
 from engine.plots import plot_lines, plot_runs
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name, in_points, with_seeds
-from engine.summary import write_summary
+from engine.summary import points, write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
 from models.resnet import DROPOUT_PLACES
 
@@ -45,10 +45,13 @@ placement.__name__ = "placement (classifier, stage, block, or several joined by 
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPES["dropout"])
+    parser = Parser(__doc__)
+    add_common_args(parser, **RECIPES["dropout"],
+                    out="the study folder: one run per rate and placement in "
+                        "DIR/<run>/seed<S>/, summary and plots in DIR (default: "
+                        "results/dropout)")
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--rates", type=fraction, nargs="+", default=DEFAULT_RATES,
+    sweep.add_argument("--rates", type=dropout_rate, nargs="+", default=DEFAULT_RATES,
                        help="dropout rates to train (default 0.0 0.1 ... 0.5)")
     sweep.add_argument("--dropout-at", type=placement, nargs="+", default=list(DROPOUT_PLACES),
                        help="placements, one study line each: classifier, stage, block, or "
@@ -68,7 +71,7 @@ def planned_runs(rates, placements):
 
 def make_runs(args, splits, study):
     runs = []
-    for name, place, rate in planned_runs(sorted(set(args.rates)), args.dropout_at):
+    for name, place, rate in planned_runs(sorted(args.rates), args.dropout_at):
         spec = {"name": "resnet18_cifar", "num_classes": len(splits.classes), "width": args.width,
                 "dropout": rate, "dropout_at": place.split("+") if rate > 0 else ["classifier"]}
         runs.append(Run(name, run_args(args, args.seed, STUDY_FLAGS, dropout=rate, dropout_at=place),
@@ -109,7 +112,7 @@ COLUMNS = [("run", "run", None), ("placement", "placement", None), ("rate", "rat
            ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
            ("test_accuracy", "test acc", "{:.2%}"), ("vs_rate0", "test acc vs rate 0", None),
            ("test_loss", "test loss", "{:.3f}"),
-           ("gap", "train − test", "{:+.2%}"), ("best_val_accuracy", "best val acc", "{:.2%}"),
+           ("gap", "train − test", points(2)), ("best_val_accuracy", "best val acc", "{:.2%}"),
            ("epochs", "epochs", None), ("seconds_per_epoch", "s/epoch", "{:.1f}")]
 
 
@@ -134,11 +137,12 @@ def write_outputs(runs, args, study_dir):
         own = {**zero, **{name: runs for name, runs in histories.items()
                           if placements[name] == place}}
         plot_runs(own, ["test_accuracy", "test_loss"], study_dir / f"curves_{place}.png",
-                  title=f"test accuracy and loss per epoch, dropout at {place}")
+                  title=f"dropout at {place}: {args.dataset}, {args.epochs} epochs")
     plot_lines([("final test accuracy (%)", lines_per_placement(rows, args.dropout_at, "test_accuracy")),
                 ("train − test accuracy (points)", lines_per_placement(rows, args.dropout_at, "gap"))],
                "dropout rate", study_dir / "rate_summary.png",
-               title=with_seeds(f"dropout sweep: final epoch ({args.epochs} epochs)", args))
+               title=with_seeds(f"dropout sweep: final epoch ({args.dataset}, {args.epochs} epochs)",
+                                args))
     write_summary(study_dir, rows, COLUMNS, "Dropout sweep", notes=[
         "The report shows this sweep only as plots (80 epochs, placement unstated); it gives no "
         "numbers to compare with.",

@@ -15,7 +15,7 @@ from engine.errors import exits_cleanly_on_user_error
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = Parser(__doc__)
     parser.add_argument("--results", default="results", metavar="DIR",
                         help="the folder holding scratch/, transfer/, augment/, dropout/ and "
                              "activations/ (default: results); REPORT.md is written there")

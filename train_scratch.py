@@ -12,9 +12,9 @@ from pathlib import Path
 
 from engine import distributed
 from engine.augment import CropFlip
-from engine.cli import Parser, add_common_args, fraction, positive_int
+from engine.cli import Parser, add_common_args, dropout_rate, positive_int
 from engine.configurations import RECIPES
-from engine.errors import exits_cleanly_on_user_error
+from engine.errors import UserError, exits_cleanly_on_user_error
 from engine.seeds import seeds_note, seeds_to_run, summarise_seeds
 from engine.summary import write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
@@ -22,14 +22,16 @@ from models.resnet import DROPOUT_PLACES
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPES["scratch"])
+    parser = Parser(__doc__)
+    add_common_args(parser, **RECIPES["scratch"],
+                    out="the study folder: the run goes to DIR/<dataset>/seed<S>/ and "
+                        "summary.md to DIR (default: results/scratch)")
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=positive_int, default=64,
                        help="channels of the first stage (64 is ResNet-18; smaller for quick tests)")
-    model.add_argument("--dropout", type=fraction, default=0.0, help="dropout rate")
-    model.add_argument("--dropout-at", nargs="+", choices=DROPOUT_PLACES, default=["classifier"],
-                       help="where dropout goes (with --dropout > 0)")
+    model.add_argument("--dropout", type=dropout_rate, default=0.0, help="dropout rate")
+    model.add_argument("--dropout-at", nargs="+", choices=DROPOUT_PLACES, default=None,
+                       help="where dropout goes, with --dropout > 0 (default: classifier)")
     return parser
 
 
@@ -52,6 +54,9 @@ def write_outputs(runs, args, study):
 
 @exits_cleanly_on_user_error
 def main(args):
+    if args.dropout_at and not args.dropout:
+        raise UserError("--dropout-at places dropout but --dropout is 0: pass --dropout RATE")
+    args.dropout_at = args.dropout_at or ["classifier"]  # what finished runs hold
     study = Path(args.out or Path("results") / "scratch")
     train, test = load_data(args)
     runs = []

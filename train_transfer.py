@@ -19,22 +19,25 @@ from pathlib import Path
 from engine import distributed
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
-from engine.configurations import RECIPES, TRANSFER, TRANSFER_COMPARISONS
+from engine.configurations import REPORT_DATASET, RECIPES, TRANSFER, TRANSFER_COMPARISONS
 from engine.errors import exits_cleanly_on_user_error
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
-from engine.pretrained import load_weights
+from engine.pretrained import model_from_spec
 from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name
-from engine.summary import write_summary
+from engine.summary import points, write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
 from models import build_model
 from models.transfer import count_parameters, parameter_groups
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
-    add_common_args(parser, **RECIPES["transfer"])
+    parser = Parser(__doc__)
+    add_common_args(parser, **RECIPES["transfer"],
+                    out="the study folder: one run per configuration in "
+                        "DIR/<configuration>/seed<S>/, summary and comparison plots in DIR "
+                        "(default: results/transfer)")
     transfer = parser.add_argument_group("transfer")
     transfer.add_argument("--configs", nargs="+", choices=list(TRANSFER),
                           default=list(TRANSFER), help="configurations to run (default: all)")
@@ -51,19 +54,29 @@ def get_args_parser():
     return parser
 
 
-def check_weights_available(args):
-    """Fail before any training if the pretrained weights cannot be had."""
-    if any(TRANSFER[name].pretrained for name in args.configs):
-        load_weights(args.weights)
+def model_spec(name, args, num_classes):
+    configuration = TRANSFER[name]
+    return {"name": "torchvision_resnet18", "num_classes": num_classes,
+            "weights": args.weights if configuration.pretrained else "none",
+            "head": configuration.head, "freeze_children": configuration.freeze_children,
+            "cifar_stem": configuration.cifar_stem}
+
+
+def check_weights_fit(args, num_classes):
+    """Fail before any training if the pretrained weights cannot be had or do not fit a
+    configuration's model (building it loads them)."""
+    for name in args.configs:
+        if TRANSFER[name].pretrained:
+            model_from_spec(model_spec(name, args, num_classes))
 
 
 def make_run(name, args, splits, study):
     configuration = TRANSFER[name]
-    spec = {"name": "torchvision_resnet18", "num_classes": len(splits.classes),
-            "weights": args.weights if configuration.pretrained else "none",
-            "head": configuration.head, "freeze_children": configuration.freeze_children,
-            "cifar_stem": configuration.cifar_stem}
-    return Run(name, run_args(args, args.seed, config=name), study, spec, splits,
+    spec = model_spec(name, args, len(splits.classes))
+    # A configuration without pretrained weights does not depend on --weights.
+    own = run_args(args, args.seed, choosing=() if configuration.pretrained else ("weights",),
+                   config=name)
+    return Run(name, own, study, spec, splits,
                train_augment=CropFlip() if args.augment == "crop-flip" else None,
                param_groups=lambda model: parameter_groups(model, args.lr, args.backbone_lr_mult),
                # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
@@ -78,11 +91,13 @@ def run_rows(runs):
         metrics, configuration = run.metrics, TRANSFER[run.name]
         trainable, total = count_parameters(build_model(run.model))
         report = dict(zip(("report_train", "report_val", "report_test"), configuration.report))
+        # Set against the report only where both measured the same: all of CIFAR-10.
+        comparable = report and run.splits.dataset == REPORT_DATASET and run.args.subset is None
         rows.append({"config": run.name,
                      **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
                      **report,
                      "test_minus_report": (metrics["test_accuracy"] - report["report_test"]
-                                           if report else None),
+                                           if comparable else None),
                      "trainable_parameters": trainable, "total_parameters": total,
                      "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs"],
                      "epochs": metrics["epochs"]})
@@ -108,7 +123,7 @@ COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
            ("test_accuracy", "test acc", "{:.1%}"), ("vs_scratch", "test acc vs scratch", None),
            ("report_train", "report train", "{:.1%}"),
            ("report_val", "report val", "{:.1%}"), ("report_test", "report test", "{:.1%}"),
-           ("test_minus_report", "test − report", "{:+.1%}"),
+           ("test_minus_report", "test − report", points(1)),
            ("trainable_parameters", "trainable params", "{:,}"),
            ("total_parameters", "total params", "{:,}"),
            ("seconds_per_epoch", "s/epoch", "{:.1f}"), ("epochs", "epochs", None)]
@@ -119,7 +134,8 @@ def write_outputs(runs, args, study_dir):
     for file_name, title, names in TRANSFER_COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
-            plot_comparison(chosen, study_dir / file_name, title=title)
+            plot_comparison(chosen, study_dir / file_name,
+                            title=f"{title}: {args.dataset}, {args.epochs} epochs")
     write_summary(study_dir, summary_rows(runs), COLUMNS, "Transfer learning (part (b))", notes=[
         f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, augmentation "
         f"{args.augment}, final epoch; the report: 30 epochs at 32x32, no augmentation (its "
@@ -137,7 +153,7 @@ def main(args):
     study = Path(args.out or Path("results") / "transfer")
     seeds = seeds_to_run(args)  # a bad --seeds is refused before weights are fetched
     train, test = load_data(args)  # under torchrun rank 0 first: it then downloads first
-    distributed.main_first(lambda: check_weights_available(args))
+    distributed.main_first(lambda: check_weights_fit(args, len(train.classes)))
     runs = []
     for seed in seeds:
         seed_args = run_args(args, seed, choosing=("configs",))

@@ -18,7 +18,7 @@ OVERVIEW_MOST = 12  # rows of overview.png when --layers chooses the layers
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = Parser(__doc__)
     model = parser.add_argument_group("the network (one of --run, --model)")
     source = model.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="DIR",

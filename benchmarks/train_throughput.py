@@ -358,7 +358,7 @@ def peak_memory_note(args, device, reset_works):
 
 
 def get_args_parser():
-    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser = Parser(__doc__)
     parser.add_argument("--model", choices=MODELS, default="resnet18_cifar",
                         help="the hand-written CIFAR ResNet-18 (default) or torchvision's")
     parser.add_argument("--width", type=positive_int, default=64,

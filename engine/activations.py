@@ -478,8 +478,10 @@ def plot_gradcam(path, picture, findings):
     for axes, (title, _, cam) in zip(panels[0, 1:], findings.cams):
         overlay = F.interpolate(cam[None, None], size=image.shape[:2], mode="bilinear")[0, 0]
         axes.imshow(image, interpolation="nearest")
-        axes.imshow(overlay.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
-                    interpolation="bilinear")
+        heat = axes.imshow(overlay.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                           interpolation="bilinear")
+        figure.colorbar(heat, ax=axes, fraction=0.046, pad=0.02,
+                        label="Grad-CAM (1: the map's maximum)")
         axes.set_title(title if cam.max() > 0 else f"{title}\nno positive evidence in this layer",
                        fontsize=9)
     for axes in panels[0]:

@@ -89,8 +89,9 @@ def safe_load(path, what, fix):
             ImportError, KeyError, IndexError, TypeError) as error:
         # A truncated or non-torch file fails in the zip reader (RuntimeError) or the
         # unpickler (EOFError, ValueError, ...); torch appends paragraphs of advice.
-        reason = one_line(error).split(". ")[0][:200]
-        raise UserError(f"cannot read {what} ({type(error).__name__}: {reason}): {fix}") from None
+        kind, reason = type(error).__name__, one_line(error).split(". ")[0][:200]
+        detail = kind if reason == kind else f"{kind}: {reason}"  # EOFError has no message
+        raise UserError(f"cannot read {what} ({detail}): {fix}") from None
 
 
 def load_checkpoint(path):

@@ -7,11 +7,34 @@ from engine.device import PRECISIONS
 from engine.sources import SOURCES
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default (unless its help already says it); the description
+    and the examples keep their lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if any(action.default is unset for unset in (None, False, argparse.SUPPRESS)) or (
+                "default" in text):
+            return text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is answered with one line (and exit status 2, as argparse),
-    and the learning rate comes out resolved for the batch (resolve_lr)."""
+    and the learning rate comes out resolved for the batch (resolve_lr). doc: the script's
+    docstring, whose first paragraph is the description and whose `python ...` lines are
+    the examples after the flags."""
 
     lr_recipe = None  # (peak lr, the batch it is for): set by add_common_args
+
+    def __init__(self, doc=None, **kwargs):
+        if doc:
+            examples = [line for line in doc.splitlines() if line.lstrip().startswith("python ")]
+            kwargs = {"description": doc.split("\n\n")[0],
+                      "epilog": "examples:\n" + "\n".join(examples), **kwargs}
+        super().__init__(formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -24,12 +47,15 @@ class Parser(argparse.ArgumentParser):
         return parsed, extra
 
 
+KINDS = {int: "an integer", float: "a number"}
+
+
 def _number(kind, minimum, inclusive=True, maximum=None):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {KINDS[kind]}") from None
         too_small = value < minimum if inclusive else value <= minimum
         if too_small or (maximum is not None and value > maximum):
             bound = f">= {minimum}" if inclusive else f"> {minimum}"
@@ -47,6 +73,14 @@ nonnegative_int = _number(int, 0)
 positive_float = _number(float, 0.0, inclusive=False)
 nonnegative_float = _number(float, 0.0)
 fraction = _number(float, 0.0, maximum=1.0)
+
+
+def dropout_rate(text):
+    """A fraction below 1: dropout at 1 zeroes every activation."""
+    value = fraction(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"{text} would drop every activation: must be < 1")
+    return value
 
 
 LR_RULE = "sqrt"  # the peak lr grows as the square root of the batch (README: why not linear)
@@ -78,29 +112,35 @@ def describe_lr(flags):
 
 
 def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weight_decay,
-                    label_smoothing=0.0):
+                    label_smoothing=0.0, out):
     """The design's command-line contract; the defaults are the calling script's recipe
-    (lr: its peak learning rate for a batch of lr_reference_batch images)."""
+    (lr: its peak learning rate for a batch of lr_reference_batch images); out: what --out
+    holds for this script."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=SOURCES, default="cifar10")
+    data.add_argument("--dataset", choices=SOURCES, default="cifar10",
+                      help="synthetic: generated, for offline smoke runs")
     data.add_argument("--data-dir", default="data",
                       help="cifar: where it is or is downloaded to; folder: the tree's root")
     data.add_argument("--subset", type=positive_int, default=None,
-                      help="train on N class-balanced images (default: all)")
+                      help="train on N class-balanced training images (unset: all)")
     data.add_argument("--val-size", type=nonnegative_int, default=None,
                       help="validation images held out of training (default: 5000 for CIFAR, "
                            "10%% of the training images otherwise)")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=epochs)
-    training.add_argument("--batch-size", type=positive_int, default=batch_size)
+    training.add_argument("--epochs", type=positive_int, default=epochs, help="epochs per run")
+    training.add_argument("--batch-size", type=positive_int, default=batch_size,
+                          help="images per step (under torchrun: over all processes)")
     training.add_argument("--lr", type=positive_float, default=None,
                           help=f"peak learning rate (default: {lr:g} at batch {lr_reference_batch}"
                                f", times {LR_RULE}(--batch-size / {lr_reference_batch}); "
                                f"--batch-size is the global batch)")
-    training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay)
-    training.add_argument("--label-smoothing", type=fraction, default=label_smoothing)
-    training.add_argument("--seed", type=nonnegative_int, default=0)
+    training.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay,
+                          help="L2 penalty on every parameter (SGD's weight_decay)")
+    training.add_argument("--label-smoothing", type=fraction, default=label_smoothing,
+                          help="share of each target spread over all classes")
+    training.add_argument("--seed", type=nonnegative_int, default=0,
+                          help="data split, initialisation and augmentation seed")
     training.add_argument("--seeds", type=nonnegative_int, nargs="+", default=None,
                           help="train each configuration once per seed, each in its own "
                                "seed<S>/ run directory, and summarise mean ± std (replaces --seed)")
@@ -117,10 +157,16 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
                         help="deterministic algorithms only: identical results run after run "
                              "(slower on GPU)")
     system.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (automatic when not on a terminal)")
+                        help="no progress bars or lines (bars need a terminal)")
+    system.add_argument("--tensorboard", action="store_true",
+                        help="also write history.csv's scalars to <run>/tensorboard/ (needs the "
+                             "tensorboard package)")
+    system.add_argument("--log-every", type=positive_float, default=30.0, metavar="SECONDS",
+                        help="without a terminal: a progress line (step, img/s, run ETA) "
+                             "this often")
 
     run = parser.add_argument_group("run directory")
-    run.add_argument("--out", default=None, help="the run directory (default: results/<part>/<run>)")
+    run.add_argument("--out", default=None, metavar="DIR", help=out)
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true",

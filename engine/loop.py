@@ -59,21 +59,56 @@ def count_correct(logits, targets):
     return (logits.argmax(dim=1) == hard).sum()
 
 
-class ProgressBar:
-    """tqdm over an epoch's steps that reads device metrics only when it refreshes."""
+def format_seconds(seconds):
+    if seconds != seconds:  # nan: nothing measured yet
+        return "?"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
-    def __init__(self, total, description, enabled, refreshes_per_epoch=10):
+
+@dataclass
+class RunClock:
+    """A run's pace in this process, for its ETA: seconds per step, evaluation included."""
+    total_steps: int   # over all of the run's epochs
+    done: int = 0      # steps finished, those of earlier processes (a resumed run) included
+
+    def __post_init__(self):
+        self.first, self.started = self.done, time.perf_counter()
+
+    def eta(self):
+        done_here = self.done - self.first
+        seconds = time.perf_counter() - self.started
+        return seconds / done_here * (self.total_steps - self.done) if done_here else float("nan")
+
+
+class ProgressBar:
+    """tqdm over an epoch's steps on a terminal; elsewhere (a batch job's log) a plain line
+    every log_every seconds. Device metrics are read only when either refreshes."""
+
+    def __init__(self, total, description, enabled, log_every=None, clock=None,
+                 refreshes_per_epoch=10):
         self.bar = tqdm(total=total, desc=description, leave=False, disable=not enabled,
                         dynamic_ncols=True)
         self.every = max(1, total // refreshes_per_epoch)
-        self.enabled = enabled
+        self.enabled, self.log_every, self.clock = enabled, log_every, clock or RunClock(total)
+        self.description, self.total, self.last_line = description, total, time.perf_counter()
 
     def step(self, step, loss_sum, correct, seen, seen_since_start, started):
         self.bar.update(1)
+        self.clock.done += 1
+        now = time.perf_counter()
+        images_per_second = seen_since_start / (now - started)
         if self.enabled and (step + 1) % self.every == 0:
             self.bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                  acc=f"{correct.item() / seen:.3f}",
-                                 img_s=f"{seen_since_start / (time.perf_counter() - started):.0f}")
+                                 img_s=f"{images_per_second:.0f}",
+                                 run_eta=format_seconds(self.clock.eta()))
+        elif not self.enabled and self.log_every and now - self.last_line >= self.log_every:
+            self.last_line = now
+            print(f"{self.description} step {step + 1}/{self.total}  loss "
+                  f"{loss_sum.item() / seen:.3f}  {images_per_second:.0f} img/s  run ETA "
+                  f"{format_seconds(self.clock.eta())}", flush=True)
 
     def close(self):
         self.bar.close()
@@ -115,13 +150,14 @@ class EpochState:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, precision,
-                    label_smoothing=0.0, progress=False, description="train",
-                    should_stop=lambda: False, start=None):
+                    label_smoothing=0.0, progress=False, log_every=None, clock=None,
+                    description="train", should_stop=lambda: False, start=None):
     """Train over `loader` (from `start`, an EpochState of an interrupted epoch); return the
     EpochState reached: finished, or stopped early because should_stop() turned true.
 
-    Non-finite losses are noted on the device (first_bad_step) and checked by the caller at
-    the end of the epoch, so the check costs no synchronisation per step.
+    progress: a tqdm bar; else log_every: a plain line every so many seconds; clock: the
+    run's RunClock, for its ETA. Non-finite losses are noted on the device (first_bad_step)
+    and checked by the caller at the end of the epoch: no synchronisation per step.
     """
     start = start or EpochState()
     model.train()
@@ -129,7 +165,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
     correct = torch.tensor(start.correct, device=device, dtype=torch.int64)
     first_bad = torch.tensor(start.first_bad_step, device=device, dtype=torch.int64)
     seen, step = start.seen, start.step
-    bar = ProgressBar(len(loader), description, progress)
+    bar = ProgressBar(len(loader), description, progress, log_every, clock)
     bar.bar.update(step)
     started = time.perf_counter()
     for inputs, targets in loader.batches(start_step=step):
@@ -159,21 +195,30 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
 
 
 @torch.inference_mode()
-def evaluate(model, loader, *, device, precision):
+def evaluate(model, loader, *, device, precision, progress=False, description="evaluate",
+             num_classes=0):
     """Mean loss (plain cross-entropy), accuracy and image count over every image of
-    `loader`, summed over ranks when each rank evaluates its own share of a split."""
+    `loader`, summed over ranks when each rank evaluates its own share of a split; with
+    num_classes, also the confusion matrix (rows: true class, columns: predicted)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes ** 2, device=device, dtype=torch.int64)
     seen = 0
-    for inputs, targets in loader:
+    for inputs, targets in tqdm(loader, description, leave=False, disable=not progress,
+                                dynamic_ncols=True):
         with autocast(device, precision):
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += count_correct(logits, targets)
+        if num_classes:
+            confusion += torch.bincount(targets * num_classes + logits.argmax(dim=1),
+                                        minlength=num_classes ** 2)
         seen += len(inputs)
-    loss_sum, correct, seen = sum_over_ranks(loss_sum.item(), correct.item(), seen)
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}
+    loss_sum, correct, seen, *counts = sum_over_ranks(loss_sum.item(), correct.item(), seen,
+                                                      *confusion.tolist())
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "images": int(seen), "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}
 
 
 @torch.no_grad()

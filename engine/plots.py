@@ -10,6 +10,21 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from engine import atomic  # noqa: E402
 
 SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
+MARKERS = [None, "o", "s", "^", "D", "v", "x", "*", "P", "h"]  # one more set of 10 colours each
+
+
+def run_style(index):
+    """The index-th run's colour and marker: 10 colours, then each 10 runs a new marker, so
+    up to 100 runs never share a look."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[index // 10 % len(MARKERS)],
+            "markevery": 0.1}
+
+
+def legend_below(figure, axes):
+    """One legend for the figure, under its panels, where it covers no curve."""
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", fontsize="small",
+                  ncols=min(4, len(labels)))
 
 
 def save_figure(figure, path):
@@ -22,12 +37,15 @@ def save_figure(figure, path):
     plt.close(figure)
 
 
-def plot_curves(history, path, title=None):
-    """Loss and accuracy per epoch for train / val / test of one run."""
+def plot_curves(history, path, title=None, label_smoothing=0.0):
+    """Loss and accuracy per epoch for train / val / test of one run (the training loss is
+    against the smoothed targets: label smoothing raises its floor above 0)."""
     epochs = [row["epoch"] for row in history]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    smoothing = {"train": f" (label smoothing {label_smoothing:g})"} if label_smoothing else {}
     for split, style in SPLIT_STYLES.items():
-        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], style, label=split)
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], style,
+                       label=split + smoothing.get(split, ""))
         accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], style,
                            label=split)
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
@@ -37,6 +55,26 @@ def plot_curves(history, path, title=None):
         axes.legend()
     if title:
         figure.suptitle(title)
+    save_figure(figure, path)
+
+
+def plot_confusion(confusion, classes, path, title=None):
+    """The confusion matrix: colour is the share of each true class's images (row-normalised),
+    the number the count, where there is room to write it."""
+    confusion = confusion.numpy()
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    side = max(5.0, 0.45 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(side + 1, side))
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, label="share of the true class's images")
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=45, ha="right", fontsize="small")
+    axes.set_yticks(ticks, classes, fontsize="small")
+    axes.set(xlabel="predicted class", ylabel="true class", title=title)
+    if len(classes) <= 20:  # beyond, the numbers would not fit their cells
+        for (row, column), count in np.ndenumerate(confusion):
+            axes.text(column, row, count, ha="center", va="center", fontsize="x-small",
+                      color="white" if shares[row, column] > 0.5 else "black")
     save_figure(figure, path)
 
 
@@ -69,20 +107,19 @@ def plot_comparison(histories, path, splits=("train", "val"), title=None):
 
     histories: {run name: history, or [history per seed]}; several seeds draw as their mean
     curve with a min-max band."""
-    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     for index, (name, value) in enumerate(histories.items()):
-        colour = f"C{index % 10}"
         for split in splits:
             style = SPLIT_STYLES[split]
-            _plot_over_seeds(accuracy_axes, value, f"{split}_accuracy", 100, style, color=colour,
-                             label=f"{name} ({split})")
-            _plot_over_seeds(loss_axes, value, f"{split}_loss", 1, style, color=colour,
-                             label=f"{name} ({split})")
+            _plot_over_seeds(accuracy_axes, value, f"{split}_accuracy", 100, style,
+                             label=f"{name} ({split})", **run_style(index))
+            _plot_over_seeds(loss_axes, value, f"{split}_loss", 1, style,
+                             label=f"{name} ({split})", **run_style(index))
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     for axes in (accuracy_axes, loss_axes):
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+    legend_below(figure, accuracy_axes)
     if title:
         figure.suptitle(title)
     save_figure(figure, path)
@@ -99,14 +136,15 @@ def plot_runs(histories, keys, path, title=None):
 
     histories: {run name: history, or [history per seed]}; several seeds draw as their mean
     curve with a min-max band."""
-    figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), squeeze=False)
+    figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.8), squeeze=False,
+                                    layout="constrained")
     for axes, key in zip(axes_row[0], keys):
         scale = 100 if key.endswith("accuracy") else 1
         for index, (name, value) in enumerate(histories.items()):
-            _plot_over_seeds(axes, value, key, scale, color=f"C{index % 10}", label=name)
+            _plot_over_seeds(axes, value, key, scale, label=name, **run_style(index))
         axes.set(xlabel="epoch", ylabel=_label(key), title=_label(key))
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+    legend_below(figure, axes_row[0][0])
     if title:
         figure.suptitle(title)
     save_figure(figure, path)
@@ -115,15 +153,17 @@ def plot_runs(histories, keys, path, title=None):
 def plot_lines(panels, x_label, path, title=None):
     """panels: [(y_label, {line name: (xs, ys) or (xs, ys, errors)})]; one panel each,
     markers on every point, error bars where errors are given (None: no bar at that point)."""
-    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
+                                    squeeze=False, layout="constrained")
     for axes, (y_label, lines) in zip(axes_row[0], panels):
         for index, (name, (xs, ys, *errors)) in enumerate(lines.items()):
             bars = _error_bars(errors[0]) if errors else None
-            axes.errorbar(xs, ys, yerr=bars, fmt="o-", capsize=3, color=f"C{index % 10}",
-                          label=name)
+            style = {**run_style(index), "marker": run_style(index)["marker"] or "o",
+                     "markevery": None}
+            axes.errorbar(xs, ys, yerr=bars, capsize=3, label=name, **style)
         axes.set(xlabel=x_label, ylabel=y_label)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+    legend_below(figure, axes_row[0][0])
     if title:
         figure.suptitle(title)
     save_figure(figure, path)
@@ -136,9 +176,10 @@ def _error_bars(errors):
     return [0.0 if error is None else error for error in errors]
 
 
-def plot_bars(values, y_label, path, title=None, highlight=(), errors=None):
+def plot_bars(values, y_label, path, title=None, highlight=(), errors=None, chance=None):
     """One bar per name (e.g. test accuracy per augmentation arm), value printed on top;
-    errors: {name: half-length} (e.g. the std over seeds) draws error bars."""
+    errors: {name: half-length} (e.g. the std over seeds) draws error bars; chance: the
+    value of guessing, a dashed line."""
     names = list(values)
     figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
     colours = ["C1" if name in highlight else "C0" for name in names]
@@ -146,6 +187,9 @@ def plot_bars(values, y_label, path, title=None, highlight=(), errors=None):
                     yerr=_error_bars([errors.get(name) for name in names]) if errors else None,
                     capsize=3)
     axes.bar_label(bars, fmt="%.1f", fontsize="small")
+    if chance is not None:
+        axes.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.3g})")
+        axes.legend(loc="lower left", bbox_to_anchor=(1, 0), fontsize="small")  # beside the bars
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set(ylabel=y_label)
     axes.grid(axis="y", alpha=0.3)

@@ -10,21 +10,21 @@ import csv
 import json
 import re
 import shlex
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from engine import atomic
 from engine.augment import ARMS
-from engine.configurations import (OUR_CHOICES, REPORT_ARMS, REPORT_SCRATCH, TRANSFER,
-                                   TRANSFER_COMPARISONS)
+from engine.configurations import (OUR_CHOICES, REPORT_ARMS, REPORT_DATASET, REPORT_SCRATCH,
+                                   TRANSFER, TRANSFER_COMPARISONS)
 from engine.errors import UserError
 from engine.seeds import compare, comparison_note, folder_seed, is_number, spread
 from engine.summary import format_cell, format_mean_std
 from engine.training import RESUME_FREE, format_seconds, holds_run
 
 REPORT_NAME = "REPORT.md"
-REPORT_DATASET = "cifar10"  # the dataset of every figure in the original report
 PARTS = {  # folder under the results root: (title, script)
     "scratch": ("Part (a): ResNet-18 from scratch", "train_scratch.py"),
     "transfer": ("Part (b): transfer learning from ImageNet", "train_transfer.py"),
@@ -308,6 +308,32 @@ def settings_lines(configurations, results_dir):
                      "torch", "curves"], rows) + [""])
 
 
+WORST_CLASSES = 3
+
+
+def read_per_class(path):
+    """{class: test accuracy} from a run's per_class.csv ({} if absent or unreadable)."""
+    try:
+        with open(path, newline="") as handle:
+            return {row["class"]: float(row["accuracy"]) for row in csv.DictReader(handle)}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def worst_classes_lines(configurations):
+    """The part's hardest classes: per-class test accuracy, the mean over its runs."""
+    tables = [read_per_class(run.path / "per_class.csv")
+              for configuration in configurations for run in configuration.runs]
+    tables = [found for found in tables if found]
+    if not tables:
+        return []
+    means = {name: statistics.mean(found[name] for found in tables if name in found)
+             for name in dict.fromkeys(name for found in tables for name in found)}
+    worst = sorted(means, key=means.get)[:WORST_CLASSES]
+    return [f"**Worst classes** (test accuracy per class, each run's `per_class.csv`, mean over "
+            f"{len(tables)} runs): " + ", ".join(f"{name} {means[name]:.1%}" for name in worst), ""]
+
+
 def plot_lines(plots, results_dir):
     """Embed the plots (file, caption) that exist: a study draws a plot only when it has
     the runs the plot compares, so an absent one is no fault."""
@@ -335,7 +361,8 @@ def study_lines(key, intro, configurations, results_dir, *, headers, rows, notes
     for note in notes:
         lines += [note, ""]
     if configurations:
-        lines += settings_lines(configurations, results_dir) + plot_lines(plots, results_dir)
+        lines += (worst_classes_lines(configurations) + settings_lines(configurations, results_dir)
+                  + plot_lines(plots, results_dir))
     return lines
 
 

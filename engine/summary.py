@@ -14,7 +14,8 @@ UNIT = re.compile(r"[^\d.]*$")  # what follows a formatted number: "%", " pp", "
 
 
 def write_summary(directory, rows, columns, title, notes=()):
-    """rows: dicts; columns: (key, header, format) triples, format like "{:.2%}" or None."""
+    """rows: dicts; columns: (key, header, format) triples, format like "{:.2%}", points(2)
+    or None."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=csv_fields(rows, columns),
                             extrasaction="ignore", lineterminator="\n")
@@ -54,10 +55,15 @@ def is_missing(value):
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def points(digits):
+    """A style for a difference of fractions, in percentage points: 0.0123 -> '+1.23 pp'."""
+    return lambda value: f"{100 * value:+.{digits}f} pp"
+
+
 def format_cell(value, style):
     if is_missing(value):
         return "—"
-    return style.format(value) if style else str(value)
+    return style(value) if callable(style) else style.format(value) if style else str(value)
 
 
 def format_mean_std(mean, std, style):

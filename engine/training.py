@@ -26,9 +26,10 @@ from engine.cli import describe_lr, show_progress
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.errors import Interrupted, UserError
 from engine.loader import DeviceLoader, Normalizer, channel_stats
-from engine.loop import (EpochState, evaluate, load_optimizer_state, make_optimizer,
-                         make_scheduler, recompute_batchnorm_statistics, train_one_epoch)
-from engine.plots import plot_curves
+from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_optimizer_state,
+                         make_optimizer, make_scheduler, recompute_batchnorm_statistics,
+                         train_one_epoch)
+from engine.plots import plot_confusion, plot_curves
 from engine.pretrained import model_from_spec
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
@@ -36,15 +37,17 @@ from engine.sources import load_source, split_validation, take_subset
 # Settings that do not change what a run computes, so a run may continue with others: like
 # the number of torchrun processes they change how the numbers come out, not the experiment.
 # How the peak lr was reached is recorded, not compared: the resolved lr is.
-RESUME_FREE = {"resume", "overwrite", "no_progress", "device", "compile", "data_dir",
-               "precision", "sync_bn", "lr_base", "lr_reference_batch", "lr_rule"}
+RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "tensorboard", "device",
+               "compile", "data_dir", "precision", "sync_bn", "lr_base", "lr_reference_batch",
+               "lr_rule"}
 # Settings that choose runs rather than describe one: a run's own args leave them out.
 STUDY_ARGS = {"seeds", "out"}
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "seconds", "images_per_second")
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
                "train_loss", "val_loss", "test_loss")
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt")
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt",
+             "per_class.csv", "confusion.png")
 # Training images over which BatchNorm statistics are re-estimated before each evaluation
 # (engine.loop.recompute_batchnorm_statistics): 4 batches of 512, ~1.5% of a CIFAR-10 epoch.
 BATCHNORM_IMAGES = 2048
@@ -187,6 +190,9 @@ def check_writable(path):
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
+    except FileNotFoundError:  # of a directory that exists: its file system makes no files
+        raise UserError(f"cannot write to {path}: {existing} is on a file system that accepts no "
+                        f"new files (such as /proc or /sys); choose another --out") from None
     except OSError as error:
         raise UserError(f"cannot write to {existing} ({error.strerror}): choose another --out") from None
 
@@ -220,11 +226,44 @@ def plan(run):
     return "train"
 
 
-def train(run, action, header=""):
+ACTION_WORDS = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
+
+
+def augmentation(run):
+    transform = compose_optional(run.eval_augment, run.train_augment)
+    return repr(transform) if transform else "none"
+
+
+def startup_block(runs, actions):
+    """What is about to happen, said before the first step: where, on what data, how long,
+    at which lr, into which folder, then each run and whether it is reused."""
+    args, splits = runs[0].args, runs[0].splits
+    device = training_device(args)
+    steps = max(1, len(splits.train) // args.batch_size)  # the training loader's drop_last
+    augments = {augmentation(run) for run in runs}
+    precision = resolve_precision(args.precision, device)
+    lines = [f"device    {device}, precision {precision}" + (
+                 " (warning: fp16 on a CPU is slow and its loss scaling is for GPUs: use bf16 or "
+                 "fp32)" if (device.type, precision) == ("cpu", "fp16") else ""),
+             f"data      {splits.dataset} ({len(splits.classes)} classes): {len(splits.train)} "
+             f"train / {len(splits.val) if splits.val else 0} val / {len(splits.test)} test images",
+             f"schedule  {args.epochs} epochs x {steps} steps of {args.batch_size} images; "
+             f"{describe_lr(vars(args))}",
+             f"augment   {augments.pop() if len(augments) == 1 else 'per run, below'}",
+             f"output    {runs[0].study}",
+             f"runs      {len(runs)}: " + ", ".join(f"{actions.count(action)} {action}"
+                                                  for action in dict.fromkeys(actions))]
+    lines += [f"  [{number}/{len(runs)}] {run.name} seed {run.args.seed}: {action}"
+              + (f" ({augmentation(run)})" if len(augments) > 1 else "")
+              for number, (run, action) in enumerate(zip(runs, actions), 1)]
+    return "\n".join(lines)
+
+
+def train(run, action, header="", note=""):
     """Reuse, resume or train one run as `action` says; on rank 0 its metrics, history and
     config are then read back into it."""
-    words = {"reuse": "finished earlier, reusing", "resume": "resuming", "train": "training"}
-    print_on_main(f"{header}{run.name} seed {run.args.seed}: {words[action]} {run.path}")
+    print_on_main(f"{header}{run.name} seed {run.args.seed}: {ACTION_WORDS[action]} {run.path}"
+                  f"{note}")
     started = time.perf_counter()
     if action != "reuse":
         run_training(run, resume=action == "resume")
@@ -245,8 +284,15 @@ def train_all(runs):
     if runs[0].args.resume and set(actions) == {"train"}:
         raise UserError(f"--resume: no run to continue in {runs[0].study} (no checkpoint.pt "
                         f"there): drop --resume to start, or point --out at the study to continue")
-    return [train(run, action, f"[{number}/{len(runs)}] ")
-            for number, (run, action) in enumerate(zip(runs, actions), 1)]
+    print_on_main(startup_block(runs, actions))
+    started, trained = time.perf_counter(), 0  # runs trained or resumed so far
+    for number, (run, action) in enumerate(zip(runs, actions), 1):
+        left = sum(later != "reuse" for later in actions[number - 1:])
+        eta = (time.perf_counter() - started) / trained * left if trained else float("nan")
+        train(run, action, f"[{number}/{len(runs)}] ",
+              f" (study ETA {format_seconds(eta)})" if trained and action != "reuse" else "")
+        trained += action != "reuse"
+    return runs
 
 
 # --- one run's training ----------------------------------------------------------------------
@@ -337,6 +383,9 @@ class Training:
     best_val: float = 0.0
     start_epoch: int = 0
     partial: Optional[EpochState] = None  # an epoch interrupted by a signal, to continue
+    clock: Optional[RunClock] = None      # the run's pace, for its ETA
+    confusion: Optional[torch.Tensor] = None  # of the test set, at the last evaluation
+    tensorboard: object = None            # a SummaryWriter with --tensorboard, on rank 0
     clear_old_files: bool = False         # --overwrite: at the first save, not before
 
     def save(self, epoch, partial=None):
@@ -397,10 +446,26 @@ def prepare_training(run, resume):
                         grad_scaler(device, precision), clear_old_files=args.overwrite)
     if saved is not None:
         restore(training, saved)  # every rank loads the same state
-        where = (f"epoch {training.start_epoch + 1} step {training.partial.step}" if training.partial
-                 else f"epoch {training.start_epoch}")
-        print_on_main(f"resuming {run.path} after {where} of {args.epochs}")
+        where = (f"in epoch {training.start_epoch + 1} of {args.epochs} after step "
+                 f"{training.partial.step} of {len(loaders[0])}" if training.partial
+                 else f"after epoch {training.start_epoch} of {args.epochs}")
+        print_on_main(f"resuming {run.path} {where}")
+    if args.tensorboard and distributed.is_main_process():
+        training.tensorboard = summary_writer()(run.path / "tensorboard")
+    steps = len(loaders[0])
+    training.clock = RunClock(args.epochs * steps, training.start_epoch * steps
+                              + (training.partial.step if training.partial else 0))
     return training
+
+
+def summary_writer():
+    """torch's SummaryWriter class, imported only for --tensorboard (an optional package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or drop --tensorboard)") from None
+    return SummaryWriter
 
 
 def load_run_to_resume(run):
@@ -449,7 +514,6 @@ def run_training(run, resume=False):
     UserError, keeping the last good checkpoint."""
     training = prepare_training(run, resume)
     args = run.args
-    print_on_main(f"{run.name}: {describe_lr(vars(args))}")
     with stop_on_signals() as request:
         stop = AgreedStop(request)
         for epoch in range(training.start_epoch, args.epochs):
@@ -459,9 +523,15 @@ def run_training(run, resume=False):
                                                f"{run.path})")
     if training.start_epoch == args.epochs:  # finished before: refresh its files
         write_run_files(training)
+        training.confusion = evaluate(training.evaluator, training.loaders[2],
+                                      device=training.device, precision=training.precision,
+                                      num_classes=len(run.splits.classes))["confusion"]
+    if distributed.is_main_process():
+        write_per_class(run.path, run.splits.classes, training.confusion, run.splits.dataset)
     metrics = final_metrics(training.history, training.best_val)
-    print_on_main(f"done {run.name}: accuracy train {metrics['train_accuracy']:.4f} "
-                  f"val {metrics['val_accuracy']:.4f} test {metrics['test_accuracy']:.4f} in "
+    print_on_main(f"done {run.name}: accuracy train {100 * metrics['train_accuracy']:.2f}% "
+                  f"val {100 * metrics['val_accuracy']:.2f}% test "
+                  f"{100 * metrics['test_accuracy']:.2f}% in "
                   f"{format_seconds(metrics['train_seconds'])} -> {run.path}")
     return metrics
 
@@ -471,18 +541,21 @@ def train_epoch(training, epoch, stop):
     run, args = training.run, training.run.args
     train_loader, val_loader, test_loader = training.loaders
     train_loader.set_epoch(epoch)
+    progress = show_progress(args) and distributed.is_main_process()
     start, training.partial = training.partial, None
     state = train_one_epoch(training.stepper, train_loader, training.optimizer,
                             training.scheduler, training.scaler, device=training.device,
                             precision=training.precision, label_smoothing=args.label_smoothing,
-                            progress=show_progress(args) and distributed.is_main_process(),
-                            should_stop=stop, start=start,
+                            progress=progress, log_every=args.log_every if
+                            distributed.is_main_process() and not args.no_progress else None,
+                            clock=training.clock, should_stop=stop, start=start,
                             description=f"{run.name} epoch {epoch + 1}/{args.epochs}")
     state = state.summed_over_ranks()
     if state.first_bad_step >= 0:
         raise UserError(f"training diverged in epoch {epoch + 1} at step {state.first_bad_step + 1}"
-                        f" (the loss is not finite): lower --lr (now {args.lr:g}); the last good "
-                        f"checkpoint is kept in {run.path}")
+                        f" (the loss is not finite): lower --lr (now {args.lr:g}); " + (
+                            f"the last good checkpoint is kept in {run.path}"
+                            if run.checkpoint.is_file() else "no checkpoint was written"))
     if not state.finished:
         training.save(epoch, partial=state)
         raise Interrupted(stop.signum, f"in epoch {epoch + 1} after step {state.step} of "
@@ -492,10 +565,13 @@ def train_epoch(training, epoch, stop):
                                    precision=training.precision, images=BATCHNORM_IMAGES)
     distributed.sync_buffers(training.model)  # one model on every rank, as the checkpoint
     val = (evaluate(training.evaluator, val_loader, device=training.device,
-                    precision=training.precision) if val_loader is not None
-           else {"loss": float("nan"), "accuracy": float("nan"), "images": 0})
+                    precision=training.precision, progress=progress, description="val")
+           if val_loader is not None else {"loss": float("nan"), "accuracy": float("nan"),
+                                           "images": 0})
     test = evaluate(training.evaluator, test_loader, device=training.device,
-                    precision=training.precision)
+                    precision=training.precision, progress=progress, description="test",
+                    num_classes=len(run.splits.classes))
+    training.confusion = test["confusion"]
     training.history.append({
         "epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
         "train_loss": state.loss, "train_accuracy": state.accuracy,
@@ -510,6 +586,10 @@ def train_epoch(training, epoch, stop):
     training.save(epoch + 1)
     write_run_files(training)
     print_on_main(epoch_line(training.history[-1], args.epochs))
+    if training.tensorboard:  # the scalars of history.csv, against the epoch
+        for key in HISTORY_COLUMNS[1:]:
+            training.tensorboard.add_scalar(key, training.history[-1][key], epoch + 1)
+        training.tensorboard.flush()
 
 
 # --- the run directory's files ---------------------------------------------------------------
@@ -522,7 +602,23 @@ def write_run_files(training):
     atomic.write_json(path / "config.json", training.config)
     write_history(path / "history.csv", history)
     atomic.write_json(path / "metrics.json", final_metrics(history, training.best_val))
-    plot_curves(history, path / "curves.png", title=training.run.name)
+    run = training.run
+    plot_curves(history, path / "curves.png", label_smoothing=run.args.label_smoothing,
+                title=f"{run.name} seed {run.args.seed}: {run.splits.dataset}, "
+                      f"{run.args.epochs} epochs")
+
+
+def write_per_class(path, classes, confusion, dataset):
+    """per_class.csv (each class's test images, correct and accuracy) and confusion.png."""
+    images, correct = confusion.sum(dim=1).tolist(), confusion.diagonal().tolist()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # quotes a folder class named "a, b"
+    writer.writerow(["class", "images", "correct", "accuracy"])
+    writer.writerows([name, count, right, f"{right / max(count, 1):.4f}"]
+                     for name, count, right in zip(classes, images, correct))
+    atomic.write_text(path / "per_class.csv", buffer.getvalue())
+    plot_confusion(confusion, classes, path / "confusion.png",
+                   title=f"{dataset} test set: {sum(images)} images")
 
 
 def write_history(path, history):
@@ -554,14 +650,10 @@ def read_history(path):
 
 
 def epoch_line(row, epochs):
-    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4f}  "
+    """Loss / accuracy per split, the lr the epoch ended at (3 significant digits: it ends
+    near 0) and the epoch's time, in the units of the run's final line."""
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  "
             f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
             f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "
             f"test {row['test_loss']:.3f} / {100 * row['test_accuracy']:.2f}%  "
-            f"{row['images_per_second']:.0f} img/s")
-
-
-def format_seconds(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+            f"{row['images_per_second']:.0f} img/s  {format_seconds(row['seconds'])}")

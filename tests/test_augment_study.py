@@ -95,3 +95,6 @@ def test_rerunning_reuses_finished_arms(study):
     out, _ = study
     result = run_script("augment_study.py", *STUDY, "--arms", "none", "standard", "--out", out)
     assert result.stdout.count("finished earlier, reusing") == 2
+    # The start-up block lists the study's runs, each with its own augmentation.
+    assert "augment   per run, below\n" in result.stdout and "runs      2: 2 reuse\n" in result.stdout
+    assert "  [1/2] none seed 0: reuse (Identity())\n  [2/2] standard seed 0: reuse (CropFlip(" in result.stdout

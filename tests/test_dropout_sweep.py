@@ -34,12 +34,17 @@ def test_placements_are_validated_and_canonical():
 
 def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
     study = tmp_path / "dropout"
-    run_script("dropout_sweep.py", *SWEEP, "--rates", "0", "0.3", "--dropout-at", "classifier",
-               "block+stage", "--out", study)
+    result = run_script("dropout_sweep.py", *SWEEP, "--rates", "0", "0.3", "--dropout-at",
+                        "classifier", "block+stage", "--out", study)
     runs = ["rate0.0", "classifier_rate0.3", "stage+block_rate0.3"]
+    # Run i of n, and from the second run on the study's ETA.
+    heads = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [head.split()[0] for head in heads] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert "ETA" not in heads[0] and all(" (study ETA " in head for head in heads[1:]), heads
     for name in runs:
         assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
-            "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+            "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     model = json.loads((study / "stage+block_rate0.3" / "seed0" / "config.json").read_text())["model"]
     assert model["dropout"] == 0.3 and model["dropout_at"] == ["stage", "block"]
     for plot in ("curves_classifier.png", "curves_stage+block.png", "rate_summary.png"):
@@ -52,6 +57,21 @@ def test_a_short_sweep_writes_every_run_the_plots_and_the_summary(tmp_path):
     assert float(row["gap"]) == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
     markdown = (study / "summary.md").read_text()
     assert "| stage+block_rate0.3 | stage+block | 0.3 |" in markdown
+    gap = 100 * float(row["gap"])
+    assert f" {gap:+.2f} pp |" in markdown  # a difference of accuracies, in points
+
+
+@pytest.mark.parametrize("rates,fragment", [
+    (["1.0"], "1.0 would drop every activation: must be < 1"),
+    (["0.2", "0.2"], "the study lists a configuration twice"),
+])
+def test_a_rate_of_one_or_twice_is_refused(capsys, tmp_path, rates, fragment):
+    with pytest.raises(SystemExit) as stopped:
+        dropout_sweep.main(dropout_sweep.get_args_parser().parse_args(
+            [*SWEEP, "--rates", *rates, "--out", str(tmp_path / "study")]))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("error: ") and fragment in err, err
+    assert not (tmp_path / "study").exists()
 
 
 def test_an_interrupted_sweep_continues_without_retraining(tmp_path):

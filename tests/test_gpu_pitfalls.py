@@ -79,11 +79,13 @@ def test_a_run_resumes_in_another_precision(tmp_path, first, then):
     """--precision may change on resume; the grad scaler's state is empty without fp16 (and
     loading it into fp16's enabled scaler raised)."""
     flags = [*QUICK, "--subset", "200", "--val-size", "50", "--epochs", "1", "--out", tmp_path]
-    run_script("train_scratch.py", *flags, "--precision", first)
+    trained = run_script("train_scratch.py", *flags, "--precision", first)
     metrics = tmp_path / "synthetic" / "seed0" / "metrics.json"
     metrics.unlink()  # not finished, then: the checkpoint is restored
     resumed = run_script("train_scratch.py", *flags, "--precision", then, "--resume")
     assert "resuming" in resumed.stdout
+    fp16_run = trained if first == "fp16" else resumed
+    assert "precision fp16 (warning: fp16 on a CPU is slow" in fp16_run.stdout
     assert json.loads(metrics.read_text())["epochs"] == 1
 
 

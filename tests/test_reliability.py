@@ -91,7 +91,7 @@ def test_a_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(
     assert len(history_rows(run)) == 1  # the finished epoch is kept
 
     resumed = run_script("train_scratch.py", *RUN, "--out", study, "--resume")
-    assert f"after epoch 2 step {saved['partial_epoch']['step']}" in resumed.stdout
+    assert f"in epoch 2 of 2 after step {saved['partial_epoch']['step']} of 40" in resumed.stdout
     assert history_rows(run) == history_rows(straight_run)
     assert same_weights(run, straight_run)
 
@@ -188,6 +188,7 @@ def test_a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_good_epo
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.count("\n") == 1
     assert "diverged in epoch 2 at step 3" in err and "lower --lr" in err
+    assert f"the last good checkpoint is kept in {run}" in err
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and all(np.isfinite(v) for v in metrics.values())
@@ -198,6 +199,7 @@ def test_a_learning_rate_far_too_high_is_reported_not_saved(tmp_path):
                         "--out", tmp_path / "run", check=False)
     assert result.returncode == 2
     assert re.search(r"diverged in epoch 1 at step \d+", result.stderr)
+    assert "no checkpoint was written" in result.stderr and "last good" not in result.stderr
     assert not (tmp_path / "run").exists()  # nothing non-finite saved
 
 
@@ -359,6 +361,14 @@ def test_an_unwritable_out_is_reported_before_training(tmp_path, capsys):
                 [*RUN, "--out", str(out)]))
         err = capsys.readouterr().err
         assert stopped.value.code == 2 and "cannot write to" in err, err
+    assert "/proc is on a file system that accepts no new files" in err  # not "No such file"
+
+
+def test_an_empty_checkpoint_is_named_once_not_as_eoferror_twice(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(UserError) as raised:
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert "(EOFError)" in str(raised.value) and "truncated or corrupt" in str(raised.value)
 
 
 # --- determinism --------------------------------------------------------------------------

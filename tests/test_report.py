@@ -6,6 +6,7 @@ run, two transfer configurations, two augmentation arms, two dropout rates and a
 visualisation of the scratch run. The tests then read REPORT.md as a user would: its tables
 against the runs' own files, its links against the disk.
 """
+import csv
 import json
 import re
 import shutil
@@ -194,6 +195,18 @@ def test_part_d_shows_the_top_predictions_and_links_the_pictures(results, report
     assert "![x: channels 0-7 of each layer, input to layer4](activations/x/overview.png)" in part
     assert "](activations/x/gradcam.png)" in part
     assert f"true class **{predictions['true_class']}**" in part
+
+
+def test_each_part_names_its_worst_classes(results, report_text):
+    tables = []
+    for name in ("rate0.0", "classifier_rate0.2"):
+        with open(results / "dropout" / name / "seed0" / "per_class.csv", newline="") as handle:
+            tables.append({row["class"]: float(row["accuracy"]) for row in csv.DictReader(handle)})
+    means = {name: (tables[0][name] + tables[1][name]) / 2 for name in tables[0]}
+    worst = sorted(means, key=means.get)[0]
+    line = next(line for line in section(report_text, "Part (c): dropout").splitlines()
+                if line.startswith("**Worst classes**"))
+    assert "mean over 2 runs): " in line and f"): {worst} {means[worst]:.1%}, " in line, line
 
 
 def test_settings_come_from_each_runs_config_and_metrics(results, report_text):

@@ -178,7 +178,8 @@ def test_a_two_seed_sweep_writes_every_seed_and_a_mean_std_summary(sweep):
         for seed in (0, 1):
             run = out / arm / f"seed{seed}"
             assert sorted(path.name for path in run.iterdir()) == [
-                "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+                "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
             settings = json.loads((run / "config.json").read_text())["args"]
             assert settings["seed"] == seed and settings["arm"] == arm
             assert "seeds" not in settings and "arms" not in settings

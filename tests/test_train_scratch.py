@@ -1,6 +1,9 @@
 """train_scratch.py end to end: learning, the run-directory contract, resume, errors."""
 import csv
 import json
+import re
+import sys
+import types
 import signal
 import subprocess
 import time
@@ -27,7 +30,8 @@ def read_history(run):
 
 def assert_run_directory(run, epochs):
     assert sorted(path.name for path in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+        "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     rows = read_history(run)
     assert list(rows[0].keys()) == list(HISTORY_COLUMNS)
     assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
@@ -39,11 +43,39 @@ def assert_run_directory(run, epochs):
     assert metrics["epochs"] == epochs and metrics["train_seconds"] > 0
     assert metrics["best_val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in rows))
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Per class on the test set: every test image once, the diagonal the accuracy.
+    with open(run / "per_class.csv", newline="") as handle:
+        per_class = list(csv.DictReader(handle))
+    config = json.loads((run / "config.json").read_text())
+    assert [row["class"] for row in per_class] == config["classes"]
+    assert sum(int(row["images"]) for row in per_class) == config["sizes"]["test"]
+    assert sum(int(row["correct"]) for row in per_class) == round(
+        metrics["test_accuracy"] * config["sizes"]["test"])
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return rows, metrics
 
 
+STARTUP = ["device", "data", "schedule", "augment", "output", "runs"]
+
+
+def startup_block(stdout):
+    """The lines before the first run starts, by their first word."""
+    lines = stdout.splitlines()
+    return {line.split()[0]: line for line in lines[:len(STARTUP)]}
+
+
 def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
-    result = run_script("train_scratch.py", *SMALL, "--epochs", "3", "--out", tmp_path / "study")
+    # Not on a terminal and without --no-progress: progress lines, here one per step.
+    args = [arg for arg in SMALL if arg != "--no-progress"]
+    result = run_script("train_scratch.py", *args, "--epochs", "3", "--log-every", "0.001",
+                        "--out", tmp_path / "study")
+    block = startup_block(result.stdout)  # said before the first step, in this order
+    assert list(block) == STARTUP, result.stdout
+    assert block["device"].endswith("cpu, precision fp32")
+    assert "1000 train / 500 val / 1000 test images" in block["data"]
+    assert "3 epochs x 15 steps of 64 images; peak lr 0.07071" in block["schedule"]
+    assert "CropFlip" in block["augment"] and block["output"].endswith(str(tmp_path / "study"))
+    assert "1: 1 train" in block["runs"]
     run = run_of(tmp_path / "study")
     _, metrics = assert_run_directory(run, epochs=3)
     assert (tmp_path / "study" / "summary.md").is_file()
@@ -58,8 +90,19 @@ def test_a_short_synthetic_run_learns_and_writes_the_contract(tmp_path):
     assert len(config["normalization"]["std"]) == 3
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3 and checkpoint["config"] == config
-    last = [line for line in result.stdout.splitlines() if line.startswith("done ")][-1]
+    lines = result.stdout.splitlines()
+    last = [line for line in lines if line.startswith("done ")][-1]
     assert last.startswith("done synthetic: accuracy train") and "test" in last and str(run) in last
+    assert f"test {100 * metrics['test_accuracy']:.2f}% in 0m" in last
+    # Within the first epoch, before its epoch line: step, images/s and the run's ETA.
+    first_epoch = lines[:lines.index(next(line for line in lines if line.startswith("epoch ")))]
+    assert any(re.fullmatch(r"synthetic epoch 1/3 step 2/15  loss \S+  \d+ img/s  run ETA "
+                            r"\d+m\d\ds", line) for line in first_epoch), result.stdout
+    # The last epoch's lr ends near zero: shown in 3 significant digits, not as 0.0000.
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    lr = float(read_history(run)[-1]["lr"])
+    assert lr < 1e-3 and f"  lr {lr:.3g}  " in epoch_lines[-1]
+    assert re.search(r"img/s  \dm\d\ds$", epoch_lines[-1])  # the epoch's time
 
 
 def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path):
@@ -131,10 +174,16 @@ def files_of(run):
     return {path.name: path.read_bytes() for path in run.iterdir()}
 
 
+def test_a_short_run_counts_each_class_right_and_wrong(finished_study):
+    _, metrics = assert_run_directory(run_of(finished_study), epochs=1)
+    assert metrics["test_accuracy"] < 0.9  # wrong answers too, off the confusion's diagonal
+
+
 def test_a_rerun_reuses_the_finished_run_and_changes_nothing(finished_study):
     before = files_of(run_of(finished_study))
     result = run_script("train_scratch.py", *ONE_EPOCH, "--out", finished_study)
     assert "finished earlier, reusing" in result.stdout
+    assert startup_block(result.stdout)["runs"].endswith("1: 1 reuse")
     assert files_of(run_of(finished_study)) == before
 
 
@@ -215,8 +264,10 @@ def test_folder_errors_leave_no_run_directory(capsys, tmp_path, image_tree):
 @pytest.mark.parametrize("flags,fragment", [
     (["--epochs", "0"], "argument --epochs: 0 is out of range"),
     (["--lr", "-1"], "argument --lr: -1 is out of range"),
-    (["--batch-size", "many"], "'many' is not a int"),
+    (["--batch-size", "many"], "'many' is not an integer"),
     (["--label-smoothing", "1.5"], "1.5 is out of range"),
+    (["--dropout", "1"], "1 would drop every activation"),
+    (["--dropout-at", "block"], "--dropout-at places dropout but --dropout is 0"),
     (["--subset", "999999"], "--subset 999999 is larger than"),
     (["--val-size", "5000"], "--val-size 5000 leaves no training images"),
     (["--device", "cuda:7"], "--device cuda:7"),
@@ -227,3 +278,35 @@ def test_bad_values_are_refused_in_one_line(capsys, tmp_path, flags, fragment):
             [*QUICK, "--out", str(tmp_path / "run"), *flags]))
     assert_one_line_error(stopped.value.code, capsys.readouterr().err, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_the_package_is_one_line_and_writes_nothing(capsys, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it fails
+    code, err = run_main(capsys, *ONE_EPOCH, "--tensorboard", "--out", tmp_path / "study")
+    assert_one_line_error(code, err, "--tensorboard needs the tensorboard package: pip install")
+    assert not (tmp_path / "study").exists()
+
+
+def test_tensorboard_gets_the_scalars_of_history_csv(tmp_path, monkeypatch):
+    logged, folders = [], []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, folder):
+            folders.append(folder)
+
+        def add_scalar(self, key, value, step):
+            logged.append((key, step, value))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))
+    train_scratch.main(train_scratch.get_args_parser().parse_args(
+        [str(arg) for arg in (*ONE_EPOCH, "--tensorboard", "--out", tmp_path / "study")]))
+    run = run_of(tmp_path / "study")
+    row = read_history(run)[0]
+    assert folders == [run / "tensorboard"]
+    assert logged == [(key, 1, pytest.approx(float(row[key]), rel=1e-5))
+                      for key in HISTORY_COLUMNS[1:]]

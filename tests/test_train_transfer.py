@@ -33,7 +33,8 @@ def test_every_run_the_plots_and_the_summary_are_written(study):
     names = ["scratch", "pretrained", "frozen-mlp", "frozen-deep"]
     for name in names:
         assert sorted(p.name for p in (study / name / "seed0").iterdir()) == [
-            "checkpoint.pt", "config.json", "curves.png", "history.csv", "metrics.json"]
+            "checkpoint.pt", "config.json", "confusion.png", "curves.png", "history.csv", "metrics.json",
+        "per_class.csv"]
     for plot in ("compare_pretrained_vs_scratch.png", "compare_heads.png", "compare_all.png"):
         assert (study / plot).read_bytes()[:4] == b"\x89PNG"
     with open(study / "summary.csv", newline="") as handle:
@@ -46,6 +47,8 @@ def test_every_run_the_plots_and_the_summary_are_written(study):
     assert float(rows["frozen-deep"]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     markdown = (study / "summary.md").read_text()
     assert "| frozen-mlp |" in markdown and "79.0%" in markdown
+    # Synthetic data is not the report's CIFAR-10: its figures stand beside ours, no difference.
+    assert rows["pretrained"]["test_minus_report"] == "" and " pp |" not in markdown
 
 
 def test_configs_record_their_model_and_normalisation(study, weights_file):
@@ -74,6 +77,10 @@ def test_rerunning_reuses_finished_configurations(study, weights_file):
     result = run_script("train_transfer.py", *TINY, "--configs", "scratch", "pretrained",
                         "--weights", weights_file, "--out", study)
     assert result.stdout.count("finished earlier, reusing") == 2
+    # scratch uses no weights: other --weights leave it finished.
+    result = run_script("train_transfer.py", *TINY, "--configs", "scratch", "--weights",
+                        "elsewhere.pth", "--out", study)
+    assert "scratch seed 0: finished earlier, reusing" in result.stdout
 
 
 def test_missing_imagenet_weights_stop_before_training(tmp_path):
@@ -91,7 +98,8 @@ def test_missing_imagenet_weights_stop_before_training(tmp_path):
 def test_a_weights_file_of_another_model_is_refused(tmp_path):
     wrong = tmp_path / "wrong.pth"
     torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
-    result = run_script("train_transfer.py", *TINY, "--configs", "pretrained", "--weights", wrong,
-                        "--out", tmp_path / "study", check=False)
-    assert result.returncode == 2 and "conv1.weight" in result.stderr
+    # Checked before any configuration trains: scratch, listed first, uses no weights.
+    result = run_script("train_transfer.py", *TINY, "--configs", "scratch", "pretrained",
+                        "--weights", wrong, "--out", tmp_path / "study", check=False)
+    assert result.returncode == 2 and "conv1.weight" in result.stderr and "does not fit" in result.stderr
     assert not (tmp_path / "study").exists()
