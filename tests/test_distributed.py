@@ -166,6 +166,7 @@ def wait_for_epochs(path, epochs, process, timeout=120):
     raise AssertionError(f"{path} did not reach {epochs} epochs: {finish(process)}")
 
 
+@pytest.mark.slow  # over the CI budget (README: run with -m slow)
 def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one_process(tmp_path):
     # Dropout draws from each rank's own RNG stream, which the checkpoint must restore.
     flags = [*SMALL, "--batch-size", "32", "--epochs", "3", "--dropout", "0.2"]
@@ -216,9 +217,11 @@ def test_a_split_smaller_than_the_number_of_processes_is_still_evaluated(tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "63"], "error: --batch-size 63 does not split evenly over 2 processes: "
                              "use a multiple of 2"),
-    (["--dataset", "folder", "--data-dir", "no-such-folder"], "error: "),
-    (["--subset", "100", "--batch-size", "128"],
-     "error: 100 training images are fewer than --batch-size 128"),
+    pytest.param(["--dataset", "folder", "--data-dir", "no-such-folder"], "error: ",
+                 marks=pytest.mark.slow),
+    pytest.param(["--subset", "100", "--batch-size", "128"],
+                 "error: 100 training images are fewer than --batch-size 128",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp_path, flags,
                                                                              message):
@@ -230,6 +233,7 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0_and_writes_nothing(tmp
     assert not out.exists()
 
 
+@pytest.mark.slow  # over the CI budget (README: run with -m slow)
 def test_a_study_runs_under_torchrun_and_its_rerun_reuses_the_finished_runs(tmp_path):
     out = tmp_path / "augment"
     flags = ["augment_study.py", *QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1",
@@ -251,6 +255,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # over the CI budget (README: run with -m slow)
 def test_two_machines_meet_at_a_rendezvous_endpoint(tmp_path):
     """--nnodes 2 as on two machines (here both on localhost, one process each): the second
     machine's process is its machine's first, so it loads the data in its own turn."""

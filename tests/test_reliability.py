@@ -76,7 +76,8 @@ def interrupt_mid_epoch_two(study, signum):
     return process.returncode, stderr
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130),
+                                         pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
 def test_a_signal_saves_mid_epoch_and_resume_matches_an_uninterrupted_run(
         tmp_path, straight_run, signum, code):
     study, run = tmp_path / "study", run_of(tmp_path / "study")

@@ -201,6 +201,7 @@ def test_a_two_seed_sweep_writes_every_seed_and_a_mean_std_summary(sweep):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # over the CI budget (README: run with -m slow)
 def test_an_interrupted_multi_seed_sweep_continues(tmp_path):
     study = tmp_path / "dropout"
     args = [*QUICK, "--subset", "200", "--val-size", "100", "--epochs", "2", "--rates", "0",
