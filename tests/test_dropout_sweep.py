@@ -74,6 +74,7 @@ def test_a_rate_of_one_or_twice_is_refused(capsys, tmp_path, rates, fragment):
     assert not (tmp_path / "study").exists()
 
 
+@pytest.mark.slow  # over the CI budget (README: run with -m slow)
 def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     study = tmp_path / "dropout"
     args = [*SWEEP, "--rates", "0", "0.2", "--dropout-at", "classifier", "--out", str(study)]

@@ -74,7 +74,8 @@ def test_checkpoints_hold_and_restore_the_training_gpus_own_rng_state(monkeypatc
     assert seen == {}  # an older checkpoint's list of every GPU's state is left alone
 
 
-@pytest.mark.parametrize("first, then", [("fp32", "fp16"), ("fp16", "bf16")])
+@pytest.mark.parametrize("first, then", [("fp32", "fp16"),
+                                         pytest.param("fp16", "bf16", marks=pytest.mark.slow)])
 def test_a_run_resumes_in_another_precision(tmp_path, first, then):
     """--precision may change on resume; the grad scaler's state is empty without fp16 (and
     loading it into fp16's enabled scaler raised)."""
