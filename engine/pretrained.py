@@ -18,7 +18,7 @@ import torchvision
 
 from engine.checkpoint import one_line, safe_load
 from engine.errors import UserError
-from models import build_model
+from models import build_model, state_dict_mismatch
 
 # Module-level so that tests can put a stand-in here: the real file name carries the real
 # file's hash prefix, which a generated file cannot match.
@@ -119,27 +119,12 @@ def load_weights_file(path):
     return _strip_wrapper_prefixes(loaded)
 
 
-def _few(keys, most=4):
-    keys = list(keys)
-    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
-
-
 def load_into(model, state_dict, source, model_name, fix):
-    """model.load_state_dict(state_dict) with every key; where the keys do not fit, a one-line
-    UserError: "<source> does not fit <model_name> (a few missing and unexpected keys, shapes
-    that differ): <fix>"."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    reshaped = [f"{key} ({tuple(state_dict[key].shape)} in the file, {tuple(value.shape)} in the "
-                f"model)" for key, value in expected.items()
-                if key in state_dict and state_dict[key].shape != value.shape]
-    if missing or unexpected or reshaped:
-        problems = [f"missing keys {_few(missing)}" if missing else "",
-                    f"unexpected keys {_few(unexpected)}" if unexpected else "",
-                    f"shapes differ for {_few(reshaped, 2)}" if reshaped else ""]
-        raise UserError(f"{source} does not fit {model_name} "
-                        f"({'; '.join(filter(None, problems))}): {fix}")
+    """model.load_state_dict(state_dict) with every key, or a one-line UserError:
+    "<source> does not fit <model_name> (what differs): <fix>"."""
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise UserError(f"{source} does not fit {model_name} ({problem}): {fix}")
     model.load_state_dict(state_dict, strict=True)
     return model
 

@@ -1,17 +1,27 @@
-"""Model definitions (one architecture family per module) and rebuilding from a spec.
+"""Model definitions (one architecture family per module) and rebuilding from a spec: a run's
+config.json stores its model as {"name": ..., **keyword arguments}."""
 
-A run's config.json stores its model as a spec, {"name": ..., **keyword arguments}, so any
-script can rebuild the network from a run directory.
-"""
+
+def _few(keys, most=4):
+    keys = list(keys)
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def state_dict_mismatch(expected, given):
+    """Why state dict `given` does not fit a model whose state dict is `expected`, on one
+    line (missing and unexpected keys, differing shapes); "" when it fits."""
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    reshaped = [f"{key} {tuple(given[key].shape)} in the file, {tuple(value.shape)} in the model"
+                for key, value in expected.items() if key in given and given[key].shape != value.shape]
+    return "; ".join(filter(None, [missing and f"missing keys {_few(missing)}",
+                                   unexpected and f"unexpected keys {_few(unexpected)}",
+                                   reshaped and f"shapes differ for {_few(reshaped, 2)}"]))
 
 
 def build_model(spec, state_dict=None):
-    """The model a spec describes, its backbone loaded from `state_dict` where given.
-
-    A spec's "weights" only names where pretrained weights come from ("none", "imagenet" or a
-    path): the caller reads them. Without a state dict the architecture is the same, e.g. to
-    load a trained run's checkpoint into.
-    """
+    """The model a spec describes, its backbone from `state_dict` where given (a spec's
+    "weights" only names where they come from: the caller reads them)."""
     spec = dict(spec)
     name = spec.pop("name")
     if name == "resnet18_cifar":

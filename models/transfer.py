@@ -12,6 +12,8 @@ Pretrained weights come in as a state dict: reading files is the caller's job.
 import torch.nn as nn
 import torchvision
 
+from models import state_dict_mismatch
+
 HEADS = ("linear", "mlp", "deep")
 
 # model.children() order of torchvision's ResNet; the report froze the first 7 (up to layer3).
@@ -48,38 +50,15 @@ def make_head(name, num_classes, in_features=512):
     return nn.Sequential(*layers)
 
 
-# ---------------------------------------------------------------------------------------
-# Pretrained weights (read by the caller)
-# ---------------------------------------------------------------------------------------
-
-def _few(keys, limit=4):
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def _load_backbone(model, state_dict):
-    """Every layer but the head, strict; a ValueError says in one line why the dict does not fit.
-
-    The head is left out on both sides: it is replaced anyway, and a dict saved from a model
-    with another number of classes would otherwise fail on fc's shape.
-    """
-    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    # In state dict order, so the first keys shown are the first layers (conv1, bn1, ...).
-    missing = [key for key in expected if key not in backbone]
-    unexpected = [key for key in backbone if key not in expected]
-    if missing or unexpected:
-        raise ValueError(f"missing keys {_few(missing) or 'none'}; "
-                         f"unexpected keys {_few(unexpected) or 'none'}")
-    wrong_shape = [f"{k} {tuple(backbone[k].shape)} vs {tuple(v.shape)}"
-                   for k, v in expected.items() if backbone[k].shape != v.shape]
-    if wrong_shape:
-        raise ValueError(f"shapes differ for {_few(wrong_shape, 3)}")
-    head = model.fc
-    model.fc = nn.Identity()  # no parameters: strict=True now checks exactly the backbone
-    model.load_state_dict(backbone, strict=True)
-    model.fc = head
+    """Every layer but the head (replaced anyway: a dict of a model with other classes fits),
+    strict; a ValueError says in one line why the dict does not fit."""
+    backbone = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+    expected = {key: value for key, value in model.state_dict().items() if not key.startswith("fc.")}
+    problem = state_dict_mismatch(expected, backbone)
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(backbone, strict=False)  # exactly the backbone: checked above
 
 
 # ---------------------------------------------------------------------------------------
