@@ -23,7 +23,7 @@ from engine.cli import Parser, add_common_args, positive_int
 from engine.configurations import RECIPES, REPORT_ARMS
 from engine.errors import exits_cleanly_on_user_error
 from engine.plots import plot_bars, plot_runs, save_image_grid
-from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name, in_points, with_seeds
 from engine.summary import write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
@@ -88,16 +88,6 @@ MEASURED = ("train_accuracy", "test_accuracy", "train_error", "test_error", "val
 REFERENCES = {"none": "vs_none", "standard": "vs_standard"}  # arms every other is set against
 
 
-def summary_rows(runs):
-    """One row per arm: the mean ± std over its seeds, and its test accuracy against the
-    arms of REFERENCES (beyond noise or not)."""
-    per_run = run_rows(runs)
-    rows = summarise_seeds(per_run, "arm", MEASURED)
-    for reference, column in REFERENCES.items():
-        add_comparison(rows, per_run, "arm", reference, column)
-    return rows
-
-
 COLUMNS = [("arm", "arm", None), ("in_report", "in report", None), ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.2%}"), ("test_accuracy", "test acc", "{:.2%}"),
            ("train_error", "train error", "{:.2%}"), ("test_error", "test error", "{:.2%}"),
@@ -129,7 +119,7 @@ def write_gallery(names, splits, path, seed):
 
 def write_outputs(runs, args, study_dir):
     splits = runs[0].splits  # the gallery shows the first seed's training images
-    rows = summary_rows(runs)
+    rows = summarise_seeds(run_rows(runs), "arm", MEASURED, REFERENCES)
     histories = histories_by_name(runs)
     plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
               study_dir / "test_accuracy.png", highlight=("none", "standard"),

@@ -21,7 +21,7 @@ from engine.cli import Parser, add_common_args, dropout_rate, positive_int
 from engine.configurations import RECIPES
 from engine.errors import exits_cleanly_on_user_error
 from engine.plots import plot_lines, plot_runs
-from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name, in_points, with_seeds
 from engine.summary import points, write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
@@ -98,15 +98,6 @@ MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_loss", "gap
             "best_val_accuracy", "seconds_per_epoch")
 
 
-def summary_rows(runs):
-    """One row per run name: the mean ± std over its seeds, and its test accuracy against
-    rate 0 (beyond noise or not)."""
-    per_run = run_rows(runs)
-    rows = summarise_seeds(per_run, "run", MEASURED)
-    add_comparison(rows, per_run, "run", RATE_ZERO, "vs_rate0")
-    return rows
-
-
 COLUMNS = [("run", "run", None), ("placement", "placement", None), ("rate", "rate", "{:.1f}"),
            ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
@@ -129,7 +120,7 @@ def lines_per_placement(rows, placements, key):
 
 
 def write_outputs(runs, args, study_dir):
-    rows = summary_rows(runs)
+    rows = summarise_seeds(run_rows(runs), "run", MEASURED, {RATE_ZERO: "vs_rate0"})
     histories = histories_by_name(runs)  # every seed's history, per run name
     placements = {run.name: run.args.dropout_at for run in runs}
     zero = {name: runs for name, runs in histories.items() if name == RATE_ZERO}

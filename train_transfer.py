@@ -24,7 +24,7 @@ from engine.errors import exits_cleanly_on_user_error
 from engine.loader import IMAGENET_STATS
 from engine.plots import plot_comparison
 from engine.pretrained import model_from_spec
-from engine.seeds import add_comparison, comparison_note, seeds_note, seeds_to_run, summarise_seeds
+from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name
 from engine.summary import points, write_summary
 from engine.training import Run, load_data, run_args, split_data, train_all
@@ -109,15 +109,6 @@ MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_minus_repor
 BASELINE = "scratch"  # random init: what ImageNet weights are worth is measured against it
 
 
-def summary_rows(runs):
-    """One row per configuration: the mean ± std over its seeds, and its test accuracy
-    against scratch (beyond noise or not)."""
-    per_run = run_rows(runs)
-    rows = summarise_seeds(per_run, "config", MEASURED)
-    add_comparison(rows, per_run, "config", BASELINE, "vs_scratch")
-    return rows
-
-
 COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
            ("train_accuracy", "train acc", "{:.1%}"), ("val_accuracy", "val acc", "{:.1%}"),
            ("test_accuracy", "test acc", "{:.1%}"), ("vs_scratch", "test acc vs scratch", None),
@@ -131,12 +122,13 @@ COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
 
 def write_outputs(runs, args, study_dir):
     histories = histories_by_name(runs)  # every seed's history, per configuration
+    rows = summarise_seeds(run_rows(runs), "config", MEASURED, {BASELINE: "vs_scratch"})
     for file_name, title, names in TRANSFER_COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
             plot_comparison(chosen, study_dir / file_name,
                             title=f"{title}: {args.dataset}, {args.epochs} epochs")
-    write_summary(study_dir, summary_rows(runs), COLUMNS, "Transfer learning (part (b))", notes=[
+    write_summary(study_dir, rows, COLUMNS, "Transfer learning (part (b))", notes=[
         f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, augmentation "
         f"{args.augment}, final epoch; the report: 30 epochs at 32x32, no augmentation (its "
         "train-val gap says so; the text does not). Accuracies of the report are read off its text.",

@@ -113,25 +113,21 @@ def group_rows(rows, by):
     return groups
 
 
-def summarise_seeds(rows, by, measured):
-    """Per-run rows (one per configuration and seed) -> one row per configuration.
-
-    Each key in `measured` becomes the mean over seeds, with its sample std as <key>_std
-    (None with one seed); "seeds" is the number of seeds. Every other key (names, settings,
-    the report's figures) is the same for each seed and is taken from the first run.
-    """
+def summarise_seeds(rows, by, measured, references=None):
+    """Per-run rows -> one per configuration (`by`): each `measured` key as the mean over seeds
+    with <key>_std (None with one seed), "seeds", the rest from the first run; then each
+    {reference: column} comparison (add_comparison)."""
     summary = []
     for group in group_rows(rows, by).values():
         row = dict(group[0])
         for key in measured:
             values = [run[key] for run in group if is_number(run.get(key))]
-            if values:
-                figure = spread(values)
-                row[key], row[f"{key}_std"] = figure.mean, figure.std
-            else:
-                row[key], row[f"{key}_std"] = None, None
+            figure = spread(values) if values else None
+            row[key], row[f"{key}_std"] = (figure.mean, figure.std) if figure else (None, None)
         row["seeds"] = len(group)
         summary.append(row)
+    for reference, column in (references or {}).items():
+        add_comparison(summary, rows, by, reference, column)
     return summary
 
 

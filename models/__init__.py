@@ -13,7 +13,8 @@ def state_dict_mismatch(expected, given):
     missing = [key for key in expected if key not in given]
     unexpected = [key for key in given if key not in expected]
     reshaped = [f"{key} {tuple(given[key].shape)} in the file, {tuple(value.shape)} in the model"
-                for key, value in expected.items() if key in given and given[key].shape != value.shape]
+                for key, value in expected.items()
+                if key in given and given[key].shape != value.shape]
     return "; ".join(filter(None, [missing and f"missing keys {_few(missing)}",
                                    unexpected and f"unexpected keys {_few(unexpected)}",
                                    reshaped and f"shapes differ for {_few(reshaped, 2)}"]))
