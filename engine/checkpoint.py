@@ -1,6 +1,5 @@
-"""Checkpoints: model, optimizer, scheduler, grad scaler, epoch, history, RNG states (dropout
-draws from them) and config: all a run needs to resume on the same trajectory (the loader
-re-seeds itself per epoch). Loaded with weights_only=True: a checkpoint is data, never code.
+"""Checkpoints: all a run needs to resume on the same trajectory (RNG states for dropout; the
+loader re-seeds itself per epoch). Loaded with weights_only=True: a checkpoint is data, never code.
 """
 import pickle
 import re
@@ -73,11 +72,8 @@ def _refused_global(error):
 
 
 def safe_load(path, what, fix):
-    """torch.load(weights_only=True), with every failure a one-line UserError.
-
-    `what` names the file in the message ("checkpoint PATH"); `fix` says what to do. There is
-    no fallback to weights_only=False: a file that needs it is refused, and its code never runs.
-    """
+    """torch.load(weights_only=True); any failure is a one-line UserError naming `what`, with
+    `fix`. No fallback to weights_only=False: a file needing it is refused, its code never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

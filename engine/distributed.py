@@ -1,8 +1,6 @@
-"""Several processes (torchrun) training one model with DistributedDataParallel: NCCL on
-CUDA, gloo on CPU. Every function also works in one plain process (rank 0 of 1), so callers
-never branch on how they were started. Rank 0 alone downloads first, decides, writes and
-prints; what it decides or fails on reaches every rank (README.md: the division of work).
-"""
+"""torchrun with DistributedDataParallel (NCCL on CUDA, gloo on CPU). Every function also works in
+one plain process (rank 0 of 1), so callers never branch. Rank 0 downloads first, decides, writes
+and prints; its decisions and errors reach every rank (README.md: "Several GPUs ...")."""
 import atexit
 import os
 from functools import lru_cache
@@ -36,16 +34,12 @@ def world_size():
 
 
 def is_main_process():
-    """Rank 0: the one process that downloads, writes files and shows progress."""
     return rank() == 0
 
 
 def setup(device):
-    """Join torchrun's process group (once) and return the device this process trains on.
-
-    Under torchrun each process takes the GPU of its LOCAL_RANK; `device` is what --device
-    resolved to (cuda picks the backend, its index is replaced).
-    """
+    """Join torchrun's process group (once); return this process's device. Under torchrun a
+    cuda `device` becomes the GPU of LOCAL_RANK (its index is ignored)."""
     if not launched_by_torchrun():
         return device
     if device.type == "mps":
@@ -109,12 +103,8 @@ def local_rank():
 
 
 def main_first(function):
-    """function() on every rank, rank 0 first, then one process per machine, then the rest:
-    a download happens once (on rank 0's machine, or once per machine when they do not
-    share a filesystem) and the others read what was fetched.
-
-    If any rank fails with a UserError, every rank stops with that message.
-    """
+    """function() on rank 0, then one process per machine, then the rest: a download happens
+    once (per machine without a shared filesystem). A UserError on any rank stops them all."""
     if not is_distributed():
         return function()
     turns = (rank() == 0, rank() != 0 and local_rank() == 0, local_rank() != 0)
@@ -171,8 +161,8 @@ def gather_to_main(value):
 
 
 def mixed_seed(seed, *keys):
-    """One seed from several numbers (the run's seed, an epoch, a rank), well apart for
-    neighbouring values: each rank's own randomness (augmentation, dropout) comes from it."""
+    """One seed from (seed, epoch, rank, ...), well apart for neighbouring values: it seeds each
+    rank's own augmentation and dropout."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
@@ -186,11 +176,8 @@ def sync_buffers(model):
 
 
 def convert_sync_batchnorm(model):
-    """nn.BatchNorm2d -> nn.SyncBatchNorm (statistics over the global batch).
-
-    Only plain BatchNorm2d is converted: a frozen layer's EvalModeBatchNorm2d (models/
-    transfer.py) uses fixed ImageNet statistics and must keep its class.
-    """
+    """nn.BatchNorm2d -> nn.SyncBatchNorm. Exactly BatchNorm2d: a frozen EvalModeBatchNorm2d
+    (models/transfer.py) keeps its class and fixed ImageNet statistics."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))

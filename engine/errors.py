@@ -1,9 +1,5 @@
-"""How scripts end when something stops them: bad input, or a signal.
-
-Bad input is answered with one line and exit status 2, never a traceback. An interrupted
-run (SIGINT, SIGTERM) has saved a checkpoint; it says how to continue and exits with the
-shell's convention for the signal (128 + signal number: 130, 143).
-"""
+"""How scripts end: bad input gets one line and exit status 2, never a traceback; a run stopped
+by SIGINT/SIGTERM has saved its checkpoint, says how to continue, exits 128 + signal (130, 143)."""
 import functools
 import os
 import shlex
@@ -12,10 +8,7 @@ import sys
 
 
 class UserError(Exception):
-    """A problem with what the user gave us (a path, a flag, a file).
-
-    The message is one line that names the problem and the fix.
-    """
+    """A problem with the user's input (path, flag, file); one line naming problem and fix."""
 
 
 class Interrupted(Exception):
@@ -28,9 +21,8 @@ class Interrupted(Exception):
 
 
 def resume_command():
-    """The command line that started this process, with --resume (studies accept it too)
-    and without --overwrite (which would start the run again); under torchrun, a torchrun
-    command with the same number of processes."""
+    """This command line with --resume (studies take it too), without --overwrite (it would
+    start over); under torchrun, torchrun with the same number of processes."""
     argv = [arg for arg in sys.argv if arg != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
@@ -39,7 +31,7 @@ def resume_command():
 
 
 def is_rank_zero():
-    """torchrun gives every process its RANK (read here: engine.distributed imports this)."""
+    """torchrun's RANK, read here: engine.distributed imports this module, not the reverse."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -60,9 +52,8 @@ EXIT_USAGE = 2
 
 
 def exits_cleanly_on_user_error(main):
-    """Wrap a script's main(): a UserError becomes `error: ...` on stderr and exit 2; an
-    Interrupted run prints how to resume and exits 128 + the signal number. Under torchrun
-    every rank exits so, and rank 0 alone prints (they all hold the same message)."""
+    """Wrap main(): UserError -> `error: ...` on stderr, exit 2; Interrupted -> how to resume,
+    exit 128 + signal. Every rank exits; rank 0 alone prints (all hold the same message)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):

@@ -14,8 +14,7 @@ MARKERS = [None, "o", "s", "^", "D", "v", "x", "*", "P", "h"]  # one more set of
 
 
 def run_style(index):
-    """The index-th run's colour and marker: 10 colours, then each 10 runs a new marker, so
-    up to 100 runs never share a look."""
+    """10 colours, then a new marker every 10 runs: up to 100 runs never share a look."""
     return {"color": f"C{index % 10}", "marker": MARKERS[index // 10 % len(MARKERS)],
             "markevery": 0.1}
 
@@ -59,8 +58,7 @@ def plot_curves(history, path, title=None, label_smoothing=0.0):
 
 
 def plot_confusion(confusion, classes, path, title=None):
-    """The confusion matrix: colour is the share of each true class's images (row-normalised),
-    the number the count, where there is room to write it."""
+    """Colour: the share of the true class's images (rows normalised); counts where they fit."""
     confusion = confusion.numpy()
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     side = max(5.0, 0.45 * len(classes) + 2)
@@ -92,8 +90,7 @@ def _mean_and_band(histories, key, scale):
 
 
 def _plot_over_seeds(axes, value, key, scale, style="-", **line):
-    """One run's curve: as it is for one seed; for several, their mean with a shaded
-    min-max band (the label says how many seeds)."""
+    """One seed's curve as is; several seeds' mean with a shaded min-max band."""
     histories = seed_histories(value)
     epochs, mean, low, high = _mean_and_band(histories, key, scale)
     if len(histories) > 1:
@@ -103,10 +100,8 @@ def _plot_over_seeds(axes, value, key, scale, style="-", **line):
 
 
 def plot_comparison(histories, path, splits=("train", "val"), title=None):
-    """Several runs on shared axes: accuracy and loss per epoch, one colour per run.
-
-    histories: {run name: history, or [history per seed]}; several seeds draw as their mean
-    curve with a min-max band."""
+    """Accuracy and loss per epoch, one colour per run. histories: {run name: history, or
+    [history per seed]}; several seeds draw as their mean with a min-max band."""
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     for index, (name, value) in enumerate(histories.items()):
         for split in splits:
@@ -132,10 +127,8 @@ def _label(key):
 
 
 def plot_runs(histories, keys, path, title=None):
-    """One panel per history column (e.g. test_accuracy, test_loss), one line per run.
-
-    histories: {run name: history, or [history per seed]}; several seeds draw as their mean
-    curve with a min-max band."""
+    """One panel per history column (e.g. test_loss), one line per run; histories as in
+    plot_comparison."""
     figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.8), squeeze=False,
                                     layout="constrained")
     for axes, key in zip(axes_row[0], keys):
@@ -177,9 +170,8 @@ def _error_bars(errors):
 
 
 def plot_bars(values, y_label, path, title=None, highlight=(), errors=None, chance=None):
-    """One bar per name (e.g. test accuracy per augmentation arm), value printed on top;
-    errors: {name: half-length} (e.g. the std over seeds) draws error bars; chance: the
-    value of guessing, a dashed line."""
+    """One bar per name, value on top; errors: {name: half-length} (e.g. std over seeds);
+    chance: the value of guessing, drawn dashed."""
     names = list(values)
     figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
     colours = ["C1" if name in highlight else "C0" for name in names]

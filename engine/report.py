@@ -1,11 +1,6 @@
-"""REPORT.md: the whole study as one document, built from whatever runs lie under a results
-folder and set beside the original report (README.md: "The whole study as one document").
-
-Every figure is read from a file named beside it: a run's metrics.json and config.json, a
-visualisation's predictions.json and stats.csv; only means and differences are computed.
-Layout read: <results>/<part>/<configuration>/seed<S>/ for the four training parts (each
-part's folder also holds its study's summary.md and plots) and activations/<name>/.
-"""
+"""REPORT.md: the runs under a results folder, beside the original report (README.md: "The
+whole study as one document", with the layout read). Every figure is read from a file named
+beside it; only means and differences are computed here."""
 import csv
 import json
 import re
@@ -45,14 +40,13 @@ COMPARABLE = ("A difference is given only for a finished CIFAR-10 run on the who
 
 @dataclass
 class Run:
-    """One <configuration>/seed<S>/ run directory: its config.json and metrics.json ({} if
-    absent or unreadable), and why one is unreadable."""
+    """One <configuration>/seed<S>/ run: config and metrics are {} if absent or unreadable."""
     configuration: str
     seed: int
     path: Path
     config: dict
     metrics: dict
-    problem: str  # or None
+    problem: str  # why a file is unreadable, or None
 
     @property
     def label(self):
@@ -77,8 +71,7 @@ class Run:
         return "finished" if self.finished else f"unfinished: {epochs_cell(self)} epochs"
 
     def settings(self, ignoring=()):
-        """Its args as text, equal for runs trained alike: less its seed, what may change
-        on resume (device, precision, ...) and `ignoring`."""
+        """Text equal for runs trained alike: its args less the seed, RESUME_FREE, `ignoring`."""
         return json.dumps({key: value for key, value in self.args.items()
                            if key != "seed" and key not in RESUME_FREE and key not in ignoring},
                           sort_keys=True, default=str) if self.config else None
@@ -112,9 +105,8 @@ def find_runs(part_dir):
 
 @dataclass(eq=False)
 class Configuration:
-    """A table row: the seeds of one configuration trained with the same settings. Its
-    figures are the mean over its finished seeds (while none has finished, over those with
-    an epoch done: its status says so)."""
+    """A table row: the seeds of one configuration trained alike. Figures: the mean over its
+    finished seeds (while none has finished, over those with an epoch done)."""
     name: str
     runs: list
     split: bool  # its configuration has seeds trained otherwise, in rows of their own
@@ -129,8 +121,8 @@ class Configuration:
         return "; ".join([f"{len(self.finished_runs)}/{len(self.runs)} seeds finished", *others])
 
     def values(self, figure, runs=None):
-        """The figure (a metrics.json key, or a function of a run) of each counted run (or
-        of `runs`), where it is a number."""
+        """`figure` (a metrics.json key or a function of a run) of the counted runs (or `runs`),
+        numbers only."""
         get = figure if callable(figure) else lambda run: run.metrics.get(figure)
         return [value for value in map(get, self.counted if runs is None else runs)
                 if is_number(value)]
@@ -140,8 +132,8 @@ class Configuration:
 
 
 def group_runs(runs, order=()):
-    """Runs -> rows, names in `order` first. Seeds are averaged only if trained alike: a
-    configuration's seeds trained with other settings (say --epochs) make a row of their own."""
+    """Runs -> rows, names in `order` first. Seeds trained with other settings (say --epochs)
+    make a row of their own: they are never averaged together."""
     groups = {}
     for run in runs:
         groups.setdefault((run.configuration, run.settings()), []).append(run)
@@ -158,8 +150,7 @@ def named(configurations, name):
 
 
 def find_visualisations(part_dir):
-    """[(folder, its predictions.json, why that is missing or unreadable)] of the
-    visualize_activations.py output folders."""
+    """visualize_activations.py's folders: [(folder, predictions.json, why it is unusable)]."""
     found = []
     for path in sorted(part_dir.glob("*")):
         known = ("predictions.json", "overview.png", "gradcam.png", "stats.csv")
@@ -220,8 +211,7 @@ def image_size_cell(run):
 
 
 def comparison_cell(configuration, references):
-    """Final test accuracy against the reference's (of `references`, the rows of the
-    reference configuration, the one trained alike), beyond noise or not."""
+    """Final test accuracy vs that of the `references` row trained alike, beyond noise or not."""
     if not references:
         return "— (not run)"
     if configuration in references:
@@ -275,8 +265,8 @@ def not_run_lines(key, results_dir, scratch_runs=()):
 
 
 def add_missing_notes(key, flag, done, missing, results_dir):
-    """How to add the report's configurations not run: with those done, since a study
-    writes its summary and plots from its latest command's configurations only."""
+    """The command adding the report's missing configurations, repeating those done: a study's
+    summary and plots cover only its latest command's configurations."""
     if not missing or not done:
         return []
     return [f"Of the report's, not run here: {', '.join(missing)}. Add them with `"
@@ -335,8 +325,7 @@ def worst_classes_lines(configurations):
 
 
 def plot_lines(plots, results_dir):
-    """Embed the plots (file, caption) that exist: a study draws a plot only when it has
-    the runs the plot compares, so an absent one is no fault."""
+    """Embed the (file, caption) plots that exist: a study draws only plots it has runs for."""
     lines = []
     for path, caption in plots:
         if path.is_file():
@@ -346,8 +335,8 @@ def plot_lines(plots, results_dir):
 
 
 def study_lines(key, intro, configurations, results_dir, *, headers, rows, notes, plots):
-    """A training part: its table (shown without runs where it has rows: the report's),
-    notes, the study's own summary.md, each run's settings and the plots."""
+    """A training part: table (shown without runs when it has the report's rows), notes,
+    the study's summary.md, settings and plots."""
     lines = [intro, ""] + ([] if configurations else not_run_lines(key, results_dir))
     if not rows:
         return lines
@@ -580,8 +569,8 @@ def results_root_above(folder):
 
 
 def write_report(results_dir):
-    """Write results_dir/REPORT.md atomically; return (its path, {part: its runs or
-    visualisations}). A folder missing or without runs is refused, with the fix, first."""
+    """Write results_dir/REPORT.md atomically; return (path, {part: runs or visualisations}).
+    A folder missing or without runs is refused, naming the fix."""
     results_dir = Path(results_dir)
     found = {key: find_visualisations(results_dir / key) if key == "activations"
              else find_runs(results_dir / key) for key in PARTS} if results_dir.is_dir() else {}

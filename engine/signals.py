@@ -25,11 +25,9 @@ class StopRequest:
 
 
 class AgreedStop:
-    """A StopRequest that every rank answers alike: under torchrun a rank that stopped alone
-    would leave the others waiting in the next collective. Every rank must call it the same
-    number of times (once per step, once per epoch); in one process it is the request itself.
-    Under torchrun the ranks agree only every `poll_every` calls (a blocking all_reduce each
-    step would stall the GPU queue), and on every call with force=True (an epoch's end)."""
+    """A StopRequest all ranks answer alike (one stopping alone would hang the others); every
+    rank must call it equally often. Ranks agree every `poll_every` calls and on force=True
+    (an epoch's end): a blocking all_reduce each step would stall the GPU queue."""
 
     def __init__(self, request, poll_every=25):
         self.request = request

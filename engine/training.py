@@ -1,8 +1,6 @@
-"""Runs: the data they share, and each run from start (or checkpoint) to a finished run
-directory, <study>/<configuration>/seed<S>/. A run already finished is reused, an
-interrupted one resumed, a new one trained. Under torchrun every rank runs this code;
-rank 0 decides, writes and prints (engine.distributed).
-"""
+"""Runs, each from start (or checkpoint) to a finished run directory <study>/<configuration>/
+seed<S>/: a finished one reused, an interrupted one resumed, a new one trained. Under torchrun
+every rank runs this code; rank 0 decides, writes and prints."""
 import argparse
 import csv
 import io
@@ -34,9 +32,8 @@ from engine.pretrained import model_from_spec
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
 
-# Settings that do not change what a run computes, so a run may continue with others: like
-# the number of torchrun processes they change how the numbers come out, not the experiment.
-# How the peak lr was reached is recorded, not compared: the resolved lr is.
+# Settings a run may continue with others of: they change how the numbers come out, not the
+# experiment. How the peak lr was reached is recorded, not compared: the resolved lr is.
 RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "tensorboard", "device",
                "compile", "data_dir", "precision", "sync_bn", "lr_base", "lr_reference_batch",
                "lr_rule"}
@@ -48,8 +45,8 @@ METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
                "train_loss", "val_loss", "test_loss")
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt",
              "per_class.csv", "confusion.png")
-# Training images over which BatchNorm statistics are re-estimated before each evaluation
-# (engine.loop.recompute_batchnorm_statistics): 4 batches of 512, ~1.5% of a CIFAR-10 epoch.
+# Images over which BatchNorm statistics are re-estimated before each evaluation: 4 batches
+# of 512, ~1.5% of a CIFAR-10 epoch.
 BATCHNORM_IMAGES = 2048
 # Called as listener(run, seconds) after each run is reused or trained (reproduce.py: its ETA).
 run_listeners = []
@@ -70,7 +67,7 @@ class Splits:
 
 
 def training_device(args):
-    """--device, or under torchrun this rank's own GPU (joining the process group once)."""
+    """--device, or under torchrun this rank's own GPU."""
     return distributed.setup(resolve_device(args.device))
 
 
@@ -81,7 +78,7 @@ def load_data(args):
 
 
 def validation_size(args, train_size):
-    """--val-size, by default 5,000 images for CIFAR and a tenth of the training set otherwise."""
+    """--val-size; by default 5,000 for CIFAR, a tenth of the training set otherwise."""
     if args.val_size is not None:
         return args.val_size
     return 5000 if args.dataset.startswith("cifar") else train_size // 10
@@ -128,17 +125,16 @@ class Run:
 
 
 def run_args(args, seed, choosing=(), **own):
-    """A run's settings: the command's, less those that choose runs (--seeds, --out and the
-    study's `choosing` flags: --arms, --rates, ...), with its own seed and choices (arm,
-    rate, ...). So adding an arm or a seed to a study leaves the finished runs valid."""
+    """The command's settings less those that choose runs (--seeds, --out, `choosing`), plus
+    its own seed and choices: adding an arm or a seed to a study keeps finished runs valid."""
     kept = {key: value for key, value in vars(args).items()
             if key not in STUDY_ARGS and key not in choosing}
     return argparse.Namespace(**{**kept, "seed": seed, **own})
 
 
 def identity(config):
-    """What must match for stored results to belong to a run: settings, model, data
-    (normalised through JSON, so a config read back from config.json compares equal)."""
+    """What must match for stored results to belong to a run (through JSON, so a config read
+    back from config.json compares equal)."""
     wanted = {"args": {key: value for key, value in config["args"].items()
                        if key not in RESUME_FREE},
               "model": config["model"], "dataset": config["dataset"], "classes": config["classes"]}
@@ -151,7 +147,7 @@ def run_identity(run):
 
 
 def check_same_run(saved_config, run):
-    """Refuse to continue (or reuse) a run started with other settings, model or data."""
+    """Refuse to continue or reuse a run started with other settings, model or data."""
     saved, wanted = identity(saved_config), run_identity(run)
     if saved == wanted:
         return
@@ -235,8 +231,7 @@ def augmentation(run):
 
 
 def startup_block(runs, actions):
-    """What is about to happen, said before the first step: where, on what data, how long,
-    at which lr, into which folder, then each run and whether it is reused."""
+    """What is about to happen: device, data, schedule, lr, output, and each run's plan."""
     args, splits = runs[0].args, runs[0].splits
     device = training_device(args)
     steps = max(1, len(splits.train) // args.batch_size)  # the training loader's drop_last
@@ -260,8 +255,7 @@ def startup_block(runs, actions):
 
 
 def train(run, action, header="", note=""):
-    """Reuse, resume or train one run as `action` says; on rank 0 its metrics, history and
-    config are then read back into it."""
+    """Reuse, resume or train one run; on rank 0 its files are then read back into it."""
     print_on_main(f"{header}{run.name} seed {run.args.seed}: {ACTION_WORDS[action]} {run.path}"
                   f"{note}")
     started = time.perf_counter()
@@ -277,8 +271,7 @@ def train(run, action, header="", note=""):
 
 
 def train_all(runs):
-    """Every run in order, each headed '[i/n]'. Every run's plan is made (and any refusal
-    raised) before the first is trained; rank 0 makes them and every rank follows."""
+    """Every run in order; every plan is made (any refusal raised) before the first trains."""
     check_unique(runs)
     actions = distributed.on_main(lambda: [plan(run) for run in runs])
     if runs[0].args.resume and set(actions) == {"train"}:
@@ -337,8 +330,8 @@ def compose_optional(*transforms):
 
 
 def make_loaders(run, device, normalize):
-    """(train, val or None, test). Under torchrun --batch-size stays the global batch (each
-    rank takes its slice), and each rank evaluates every world_size-th image."""
+    """(train, val or None, test); under torchrun each rank takes its slice of the global
+    batch and evaluates every world_size-th image."""
     splits, batch_size, seed = run.splits, run.args.batch_size, run.args.seed
     rank, world_size = distributed.rank(), distributed.world_size()
     if batch_size % world_size:
@@ -406,8 +399,8 @@ class Training:
 
 
 def use_deterministic_algorithms():
-    """--deterministic: the same seed gives the same numbers, run after run (warn_only: a
-    few ops, e.g. adaptive average pooling's CUDA backward, have no deterministic kernel)."""
+    """--deterministic (warn_only: a few ops, e.g. adaptive average pooling's CUDA backward,
+    have no deterministic kernel)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
@@ -491,9 +484,8 @@ def restore(training, saved):
 
 
 def restore_this_ranks_rng(saved, seed, device):
-    """Each rank continues its own random stream (dropout) when the number of processes is
-    the one the checkpoint was saved with; otherwise rank 0 takes the saved one and the
-    others start fresh streams from the seed, the rank and the epoch."""
+    """Each rank continues its own random stream (dropout); with another number of processes
+    rank 0 takes the saved one and the others start fresh ones from seed, rank and epoch."""
     by_rank = saved.get("rng_by_rank") or [saved["rng"]]
     if len(by_rank) == distributed.world_size():
         ckpt.restore_rng_states(by_rank[distributed.rank()], device)
@@ -509,9 +501,8 @@ def print_on_main(text):
 
 
 def run_training(run, resume=False):
-    """Train (or resume) one run to its last epoch. SIGINT/SIGTERM finish the current step,
-    save a checkpoint (mid-epoch if need be) and raise Interrupted; a non-finite loss raises
-    UserError, keeping the last good checkpoint."""
+    """Train (or resume) one run to its last epoch. SIGINT/SIGTERM save a checkpoint after the
+    current step and raise Interrupted; a non-finite loss raises UserError."""
     training = prepare_training(run, resume)
     args = run.args
     with stop_on_signals() as request:
@@ -650,8 +641,7 @@ def read_history(path):
 
 
 def epoch_line(row, epochs):
-    """Loss / accuracy per split, the lr the epoch ended at (3 significant digits: it ends
-    near 0) and the epoch's time, in the units of the run's final line."""
+    """Loss / accuracy per split, the lr (3 significant digits: it ends near 0), the time."""
     return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  "
             f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
             f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "

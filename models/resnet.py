@@ -1,16 +1,6 @@
-"""ResNet-18 for 32x32 inputs, written by hand (He et al. 2016, CIFAR variant).
-
-Unlike the ImageNet ResNet, the stem is one 3x3 stride-1 convolution with no max-pool, so
-layer4 still sees a 4x4 map for a 32x32 image. Module names follow the report's printout
-(conv1, bn1, layer1..layer4 of BasicBlock(conv1, bn1, conv2, bn2, shortcut), linear):
-11,173,962 parameters for 10 classes at the default width.
-
-Dropout (for the dropout sweep) can sit in three places, any combination:
-  "classifier": before the final linear layer (standard dropout on the pooled features);
-  "stage":      after each residual stage, as channel dropout (Dropout2d);
-  "block":      inside each BasicBlock, between its two convolutions (Dropout2d).
-With rate 0 no dropout module is created, so the network is exactly the plain one.
-"""
+"""CIFAR ResNet-18 by hand (He et al. 2016) with the report's module names: 3x3 stride-1 stem, no
+max-pool, so layer4 sees 4x4 at 32x32 (README.md, part (a)). Dropout places: README.md's dropout
+sweep; at rate 0 no dropout module is created, so the network is exactly the plain one."""
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -1,13 +1,6 @@
-"""torchvision's ResNet-18 for transfer learning (part (b)): heads, CIFAR stem, freezing.
-
-The report's four configurations: random init vs ImageNet weights, all layers trainable vs
-the first 7 children frozen (conv1, bn1, relu, maxpool, layer1, layer2, layer3), with a
-linear head or one of its two MLP heads ("mlp" = config 1, "deep" = config 2, printed
-exactly as in the report by `print(make_head("deep", 10))`). What the report missed (README,
-part (b)): at 32x32 ImageNet's stem leaves layer4 a 1x1 map (`cifar_stem` keeps 4x4), and its
-frozen BatchNorm layers kept updating their statistics (here they stay in eval mode).
-
-Pretrained weights come in as a state dict: reading files is the caller's job.
+"""torchvision's ResNet-18 for part (b): heads ("mlp" = config 1, "deep" = config 2, printed
+exactly as in the report by `print(make_head("deep", 10))`), CIFAR stem, freezing (README.md,
+part (b)). Pretrained weights come in as a state dict: reading files is the caller's job.
 """
 import torch.nn as nn
 import torchvision
@@ -51,8 +44,8 @@ def make_head(name, num_classes, in_features=512):
 
 
 def _load_backbone(model, state_dict):
-    """Every layer but the head (replaced anyway: a dict of a model with other classes fits),
-    strict; a ValueError says in one line why the dict does not fit."""
+    """Every layer but fc (replaced anyway, so other classes fit), strictly; a ValueError says
+    why the dict does not fit."""
     backbone = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
     expected = {key: value for key, value in model.state_dict().items() if not key.startswith("fc.")}
     problem = state_dict_mismatch(expected, backbone)
@@ -74,11 +67,8 @@ def use_cifar_stem(model):
 
 
 class EvalModeBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that stays in eval mode, whichever module train() is called on.
-
-    Unlike torchvision's FrozenBatchNorm2d it keeps BatchNorm2d's parameters and state-dict
-    keys, so frozen and unfrozen runs of one architecture load each other's checkpoints.
-    """
+    """Stays in eval mode whichever module train() is called on; unlike FrozenBatchNorm2d it
+    keeps BatchNorm2d's keys, so frozen and unfrozen runs load each other's checkpoints."""
 
     def train(self, mode=True):
         return super().train(False)
@@ -143,10 +133,8 @@ def build_transfer_model(num_classes=10, head="linear", freeze_children=0, cifar
 
 
 def parameter_groups(model, lr, backbone_lr_mult):
-    """Optimizer groups: the head (fc) at lr, other trainable parameters at lr * backbone_lr_mult.
-
-    Frozen parameters are in no group, so weight decay and momentum never touch them.
-    """
+    """Optimizer groups: fc at lr, the rest at lr * backbone_lr_mult; frozen parameters in
+    none, so weight decay and momentum never touch them."""
     head_ids = {id(p) for p in model.fc.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     head = [p for p in trainable if id(p) in head_ids]
