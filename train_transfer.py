@@ -22,7 +22,7 @@ from engine.cli import Parser, add_common_args, positive_float, positive_int
 from engine.configurations import REPORT_DATASET, RECIPES, TRANSFER, TRANSFER_COMPARISONS
 from engine.errors import exits_cleanly_on_user_error
 from engine.loader import IMAGENET_STATS
-from engine.plots import plot_comparison
+from engine.plots import plot_runs
 from engine.pretrained import model_from_spec
 from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
 from engine.seeds import histories_by_name
@@ -126,8 +126,8 @@ def write_outputs(runs, args, study_dir):
     for file_name, title, names in TRANSFER_COMPARISONS:
         chosen = {name: histories[name] for name in names if name in histories}
         if len(chosen) >= 2:
-            plot_comparison(chosen, study_dir / file_name,
-                            title=f"{title}: {args.dataset}, {args.epochs} epochs")
+            plot_runs(chosen, [("train_accuracy", "val_accuracy"), ("train_loss", "val_loss")],
+                      study_dir / file_name, title=f"{title}: {args.dataset}, {args.epochs} epochs")
     write_summary(study_dir, rows, COLUMNS, "Transfer learning (part (b))", notes=[
         f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, augmentation "
         f"{args.augment}, final epoch; the report: 30 epochs at 32x32, no augmentation (its "

@@ -58,19 +58,16 @@ class Layer:
 
 
 class LayerCapture:
-    """Every intermediate tensor of a model's forward pass, by name, in forward order.
-
-    The model is put in eval mode and its in-place modules made out of place (same values):
-    torchvision's ReLU(inplace=True) would overwrite the bn1 output kept before it."""
+    """Every intermediate tensor of a model's forward pass, by name, in forward order; in-place
+    modules are made out of place, or ReLU(inplace=True) would overwrite the bn1 output kept."""
 
     def __init__(self, model):
         model.eval()
         for module in model.modules():
             if getattr(module, "inplace", False) is True:
                 module.inplace = False
-        # Every module without children is one node (EvalModeBatchNorm2d too, not only
-        # torch.nn's); containers, the empty Sequential of an identity shortcut included,
-        # are traced through.
+        # Every childless module is one node (EvalModeBatchNorm2d too, not only torch.nn's);
+        # containers are traced through, even an identity shortcut's empty Sequential.
         leaves = list({type(module) for module in model.modules()
                        if next(module.children(), None) is None
                        and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))})
@@ -135,7 +132,7 @@ class LayerCapture:
 
 
 def layer_table(capture, input_size):
-    """The --list-layers text: index, name, kind, output shape, and which modules end there."""
+    """The --list-layers table (shapes from a zero image)."""
     with torch.no_grad():
         _, outputs = capture.run(torch.zeros(1, 3, input_size, input_size))
     width = max(len(name) for name in capture.names)
@@ -178,10 +175,8 @@ def stats_csv_text(rows):
 
 
 def grad_cam(logits, activation, class_index):
-    """Grad-CAM (Selvaraju et al. 2017) of one class on a (1, C, H, W) output: (H, W) in [0, 1].
-
-    Channels are weighted by the spatial mean of the logit's gradient (the softmax would mix
-    in the other classes), summed, rectified and scaled by the peak; all zero: no evidence."""
+    """Grad-CAM (Selvaraju et al. 2017) of one class on a (1, C, H, W) output: (H, W) in [0, 1],
+    from the logit's gradient (the softmax's would mix in the other classes)."""
     if activation.dim() != 4:
         raise UserError(f"Grad-CAM needs a layer with spatial maps (C x H x W); this one has "
                         f"shape {_shape(activation)}: choose --cam-layer among the conv, BN, "
@@ -271,10 +266,7 @@ def load_run(run_dir):
 
 
 def build_bare(kind, weights, num_classes=None, input_size=None):
-    """--model scratch|transfer --weights imagenet|none|PATH (ImageNet's normalisation).
-
-    A weights file's own classifier is kept where it fits (ImageNet's: 1000 categories);
-    otherwise the head has num_classes (default 10) and is untrained."""
+    """--model KIND --weights imagenet|none|PATH, ImageNet-normalised; heads: README, part (d)."""
     name, head, default_size = BARE_MODELS[kind]
     weights, warnings = str(weights), []
     if weights == "imagenet" and kind == "scratch":
@@ -420,8 +412,7 @@ def _title(layer, tensor):
 
 def _draw(axes, tensor, channels, columns=None, names=None):
     """A (1, C, H, W) output's first `channels` maps as grayscale tiles, each scaled on its own
-    (a constant map, a dead one, is black); a vector, or 1x1 maps, as bars (names on the x
-    axis). Returns what is shown, for the title."""
+    (a constant, dead, map is black); a vector or 1x1 maps as bars. Returns the title's note."""
     count = tensor.shape[1]
     if is_spatial(tensor):
         maps = tensor[0, :channels, None].float()

@@ -1,12 +1,8 @@
 """Batched augmentation on the device, with independent random parameters per image.
 
-Each op is split in two: *_params(batch_size, generator, device, ...) draws every image's
-parameters as tensors on the device, apply_*(images, params...) transforms the whole batch
-(so tests can compare image i with torchvision's functional op given the same parameters),
-and random_*(images, ..., generator) chains them. Images are un-normalised (B, C, H, W),
-uint8 in [0, 255] or float in [0, 1], and keep their dtype: geometric ops and mixing round
-back to uint8, colour ops truncate, as torchvision does. Batched ops never wait for the host.
-The arms, their magnitudes and why: README.md, part (c).
+*_params draws them on the device, apply_* transforms the batch (so tests can compare image i
+with torchvision's op given the same parameters), random_* chains both; none waits for the host.
+Images are un-normalised and keep their dtype; rounding, arms and magnitudes: README, part (c).
 """
 import math
 from dataclasses import dataclass
@@ -25,7 +21,7 @@ def _max_value(dtype):
 
 
 def _as_float(images):
-    """Integer images as float32 to compute in; float ones as they are (never written to)."""
+    """float32 copy of integer images; float ones as they are, so never write to the result."""
     return images if images.is_floating_point() else images.to(torch.float32)
 
 
@@ -35,7 +31,6 @@ def _round_back(result, like):
 
 
 def _per_image(values):
-    """(B,) -> (B, 1, 1, 1): one value per image, broadcast over (B, C, H, W)."""
     return values[:, None, None, None]
 
 
@@ -44,7 +39,7 @@ def _uniform(low, high, shape, generator, device):
 
 
 def _randint_below(bounds, generator):
-    """One integer in [0, bounds[i]) per image."""
+    """torch.randint with a bound per image: one integer in [0, bounds[i])."""
     draws = torch.rand(bounds.shape, generator=generator, device=bounds.device)
     return torch.minimum((draws * bounds).long(), bounds - 1)  # rand * n can round up to n
 
@@ -83,7 +78,7 @@ def _box_mask(tops, lefts, heights, widths, height, width):
 # --- random crop with zero padding, horizontal flip (the standard CIFAR augmentation) ------
 
 def crop_params(batch_size, padding, generator, device):
-    """Top-left corner of each crop inside the padded image: uniform in [0, 2*padding]."""
+    """Top-left corner of each crop inside the padded image."""
     tops = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=device)
     lefts = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator, device=device)
     return tops, lefts
@@ -145,9 +140,8 @@ def _rotation_grids(angles, height, width, dtype):
 
 
 def apply_rotation(images, angles, interpolation="bilinear", fill=0.0):
-    """Rotate image i by angles[i] degrees counter-clockwise, keeping its size. As torchvision
-    does, a ones channel sampled along gives each pixel's coverage, and outside pixels blend
-    to `fill` by it (bilinear) or take `fill` below half coverage (nearest)."""
+    """Rotate image i by angles[i] degrees counter-clockwise. As torchvision, a ones channel
+    gives each pixel's coverage: `fill` blends in by it (bilinear) or below 0.5 (nearest)."""
     if interpolation not in ("bilinear", "nearest"):
         raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
     channels, height, width = images.shape[1:]
@@ -175,9 +169,8 @@ JITTER_COMPONENTS = ("brightness", "contrast", "saturation", "hue")
 
 
 def _hue_step(levels, shifts, integer, bound):
-    """Rotate image i's hue by shifts[i] turns in HSV, converting integer levels as torchvision
-    does (x * (1/255) in, x * 255.999 truncated out); back to RGB by the sector formula
-    v - c * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1 for R, G, B."""
+    """Rotate image i's hue by shifts[i] turns, converting as torchvision (x * (1/255) in,
+    x * 255.999 truncated out); to RGB by v - c*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6."""
     rgb = levels * (1.0 / bound) if integer else levels
     red, green, blue = rgb.unbind(dim=-3)
     value = rgb.amax(dim=-3)
@@ -196,9 +189,8 @@ def _hue_step(levels, shifts, integer, bound):
 
 
 def _jitter_step(levels, codes, factors, integer, bound):
-    """Image i gets adjustment codes[i] with its factor (None: that component is off and
-    leaves the image as it is). Brightness, contrast and saturation are torchvision's
-    _blend, r*x + (1 - r)*other, with other 0, the mean grey level or the grey image."""
+    """Image i gets adjustment codes[i] (a None factor: left as is). Brightness, contrast and
+    saturation: torchvision's _blend r*x + (1 - r)*other, other 0, mean grey or grey image."""
     ratios = torch.ones(codes.shape, device=levels.device, dtype=levels.dtype)
     for code in (BRIGHTNESS, CONTRAST, SATURATION):
         if factors[code] is not None:
@@ -254,9 +246,8 @@ def adjust_hue(images, factors):
 
 def color_jitter_params(batch_size, generator, device, brightness=0.4, contrast=0.4,
                         saturation=0.4, hue=0.1):
-    """{"order": (B, 4), each row a random permutation of the codes BRIGHTNESS..HUE, and one
-    (B,) factor tensor per component, None where it is 0 or None (torchvision skips it)}.
-    Ranges as ColorJitter's: b -> [max(0, 1 - b), 1 + b], hue h -> [-h, h], or (low, high)."""
+    """{"order": (B, 4) a random permutation of the codes per image, and a (B,) factor per
+    component, None where 0 or None (torchvision skips it)}; ranges as ColorJitter's."""
     params = {"order": torch.rand(batch_size, 4, generator=generator, device=device).argsort(dim=1)}
     for name, value in zip(JITTER_COMPONENTS, (brightness, contrast, saturation, hue)):
         params[name] = None
@@ -280,8 +271,8 @@ def random_color_jitter(images, generator, brightness=0.4, contrast=0.4, saturat
 
 def resized_crop_params(batch_size, height, width, generator, device, scale=(0.35, 1.0),
                         ratio=(3 / 4, 4 / 3), attempts=10):
-    """(tops, lefts, heights, widths) of each image's crop, as torchvision RandomResizedCrop:
-    the first of `attempts` draws that fits, else the largest centred crop within `ratio`."""
+    """Each image's crop box as torchvision RandomResizedCrop: the first of `attempts` draws
+    that fits, else the largest centred crop within `ratio`."""
     widths, heights = _box_draws(batch_size, attempts, height * width, scale, ratio, generator,
                                  device)
     fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
@@ -346,8 +337,7 @@ def center_crop(images, size):
 # --- Cutout (DeVries & Taylor 2017) and random erasing (torchvision RandomErasing) -------
 
 def cutout_params(batch_size, height, width, generator, device, size=16):
-    """(tops, lefts, heights, widths) of each image's hole: a size x size square centred
-    anywhere in the image (uniform over pixels) and clipped at the border, as in the paper."""
+    """Each image's hole: size x size, centred on any pixel, clipped at the border (the paper's)."""
     centre_rows = torch.randint(0, height, (batch_size,), generator=generator, device=device)
     centre_cols = torch.randint(0, width, (batch_size,), generator=generator, device=device)
     tops, heights = _clipped_span(centre_rows - size // 2, centre_rows - size // 2 + size, height)
@@ -368,8 +358,8 @@ def random_cutout(images, generator, size=16, value=0):
 
 def erasing_params(batch_size, height, width, generator, device, p=0.5, scale=(0.02, 0.33),
                    ratio=(0.3, 3.3), attempts=10):
-    """(tops, lefts, heights, widths) as torchvision RandomErasing draws them, per image: with
-    probability p the first of `attempts` boxes strictly inside; else an empty box."""
+    """Each image's box as torchvision RandomErasing draws it: with probability p the first of
+    `attempts` boxes strictly inside, else an empty one."""
     heights, widths = _box_draws(batch_size, attempts, height * width, scale, ratio, generator,
                                  device)
     found, heights, widths = _first_fit((heights < height) & (widths < width), heights, widths)
@@ -461,10 +451,10 @@ def random_gaussian_noise(images, generator, std=0.1):
 # on image i's label and 1 - lam[i] on its partner's, lam drawn per image.
 
 def _sample_beta(alpha, batch_size, generator, device, candidates=8):
-    """Beta(alpha, alpha) per image as G1 / (G1 + G2), Gamma(alpha) samples drawn from
-    `generator` (torch.distributions takes none) by Marsaglia & Tsang (2000): of `candidates`
-    tries the first accepted (p >= 0.95 each; if none, p < 1e-10, d, near the median); alpha < 1
-    is boosted by 1, then scaled by U^(1/alpha)."""
+    """Beta(alpha, alpha) per image as G1 / (G1 + G2), Gammas drawn from `generator` (torch's
+    distributions take none) by Marsaglia & Tsang (2000): the first accepted of `candidates`
+    (p >= 0.95 each; none, p < 1e-10: d, near the median); alpha < 1 is boosted by 1, then
+    scaled by U^(1/alpha)."""
     shape = (2, batch_size)
     boosted = alpha < 1
     d = (alpha + 1 if boosted else alpha) - 1.0 / 3.0
@@ -487,13 +477,12 @@ def _mix_labels(labels, permutation, lam, num_classes):
 
 
 def mixup_params(batch_size, generator, device, alpha=1.0):
-    """(permutation, lam): image i is mixed with image permutation[i] with weight lam[i]."""
+    """(permutation, lam), lam ~ Beta(alpha, alpha) per image."""
     permutation = torch.randperm(batch_size, generator=generator, device=device)
     return permutation, _sample_beta(alpha, batch_size, generator, device)
 
 
 def apply_mixup(images, labels, permutation, lam, num_classes):
-    """lam[i]*image_i + (1 - lam[i])*image_perm[i], with targets mixed the same way."""
     work = _as_float(images)
     weights = _per_image(lam).to(work.dtype)
     mixed = (work[permutation] * (1.0 - weights)).addcmul_(work, weights)
@@ -506,9 +495,8 @@ def random_mixup(images, labels, num_classes, generator, alpha=1.0):
 
 
 def cutmix_params(batch_size, height, width, generator, device, alpha=1.0):
-    """(permutation, tops, lefts, heights, widths): the box of image permutation[i] pasted
-    into image i, as torchvision CutMix draws it but per image: lam ~ Beta(alpha, alpha),
-    sides sqrt(1 - lam) * (H, W), centred uniformly, clipped at the border."""
+    """(permutation, tops, lefts, heights, widths) as torchvision CutMix draws its box, but per
+    image: sides sqrt(1 - lam) * (H, W), lam ~ Beta(alpha, alpha), centred anywhere, clipped."""
     permutation = torch.randperm(batch_size, generator=generator, device=device)
     lam = _sample_beta(alpha, batch_size, generator, device)
     centre_cols = torch.randint(0, width, (batch_size,), generator=generator, device=device)
@@ -611,9 +599,8 @@ class DeterministicOp(RandomOp):
 
 @dataclass(frozen=True)
 class PerImageTorchvision:
-    """A torchvision.transforms.v2 transform applied image by image, on a CPU copy (AutoAugment
-    and kin). It draws from the global RNG, seeded from the generator inside fork_rng: the
-    caller's global state is untouched and the same generator state gives the same output."""
+    """A torchvision.transforms.v2 transform, image by image on a CPU copy (AutoAugment and kin),
+    its global RNG seeded from `generator` in fork_rng: reproducible, the caller's state kept."""
 
     transform: object
     per_image = True
@@ -689,17 +676,15 @@ DETERMINISTIC_ARMS = ("resize", "center_crop")
 
 
 def eval_transform_for_arm(name, image_size=32):
-    """The transform for validation and test batches: a deterministic arm's own transform
-    (it changes what every image looks like, so test images too), else Identity()."""
+    """Val/test transform: a deterministic arm's own (it changes every image), else Identity()."""
     if name not in ARMS:
         raise ValueError(f"unknown augmentation arm {name!r}: choose from {', '.join(ARMS)}")
     return ARMS[name](None, image_size) if name in DETERMINISTIC_ARMS else Identity()
 
 
 def arm_transforms(name, num_classes, image_size=32):
-    """(train_augment, eval_augment) for engine.training.Run, which applies
-    eval_augment to every split and train_augment after it to training batches: a
-    deterministic arm is given once, as eval_augment, so training images are not resized twice."""
+    """(train_augment, eval_augment) for engine.training.Run, which applies eval_augment to every
+    split: a deterministic arm is only eval_augment, or training images would get it twice."""
     evaluate = eval_transform_for_arm(name, image_size)
     if name in DETERMINISTIC_ARMS:
         return None, evaluate

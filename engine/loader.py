@@ -1,15 +1,13 @@
-"""On-device batching: the dataset stays on the training device as uint8, and each batch is
-augmented there, then normalised, resized if need be and laid out channels_last. Shuffling
-and augmentation are seeded from (seed, epoch[, rank]): a resumed run sees the same batches.
+"""On-device batching: the uint8 dataset stays on the training device, where each batch is
+augmented, then normalised. Seeded from (seed, epoch[, rank]): a resumed run sees the same batches.
 """
 import torch
 import torch.nn.functional as F
 
 from engine.distributed import mixed_seed
 
-# Models pretrained on ImageNet expect its statistics; everything else is normalised with
-# the training split's own (computed by channel_stats: about (0.491, 0.482, 0.447) and
-# (0.247, 0.243, 0.261) for CIFAR-10).
+# Models pretrained on ImageNet expect its statistics; everything else gets the training
+# split's own (channel_stats).
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -52,22 +50,16 @@ class Normalizer:
 
 
 def epoch_generators(seed, epoch, rank, device):
-    """(order, augmentation) generators of an epoch: the order is the same on every rank
-    (one global shuffle), the augmentation draws are each rank's own. The order is drawn on
-    the CPU, whose stream is the same on every machine (a CUDA generator's depends on the
-    GPU model), so a run resumed elsewhere, or ranks on mixed GPUs, see one order."""
+    """(order, augmentation) generators: one order for every rank, on the CPU (a CUDA generator's
+    stream depends on the GPU model), and each rank's own augmentation draws."""
     order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     augmentation = torch.Generator(device=device).manual_seed(mixed_seed(seed, epoch, rank))
     return order, augmentation
 
 
 class DeviceLoader:
-    """Yields (inputs, targets) batches of an ImageData held on `device`.
-
-    Call set_epoch(epoch) before iterating (as with DistributedSampler): it selects the
-    epoch's shuffle order and augmentation randomness. With world_size > 1, batch_size is
-    the global batch and this rank yields its slice of each (batch_size / world_size images).
-    """
+    """(inputs, targets) batches of an ImageData held on `device`; call set_epoch first, as with
+    DistributedSampler. batch_size is the global batch: each rank yields its slice."""
 
     def __init__(self, data, batch_size, device, normalize, *, shuffle, drop_last,
                  augment=None, seed=0, rank=0, world_size=1):
@@ -101,11 +93,8 @@ class DeviceLoader:
         return self.batches()
 
     def batches(self, start_step=0):
-        """The epoch's batches from `start_step` on (for resuming an interrupted epoch).
-
-        Skipped batches still draw their augmentation parameters, so the generator is where
-        an uninterrupted epoch would have it: the resumed batches are exactly the same.
-        """
+        """The epoch's batches from `start_step` on; skipped ones still draw their augmentation,
+        so a resumed epoch gets exactly the batches of an uninterrupted one."""
         order_generator, generator = epoch_generators(self.seed, self.epoch, self.rank,
                                                       self.device)
         count = len(self.labels)

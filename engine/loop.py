@@ -1,6 +1,5 @@
-"""One epoch of training, evaluation, the optimizer and the schedule, for any nn.Module on
-any device. Metrics are summed on the device and read once per epoch: no host sync inside
-a step (the progress bar's few refreshes aside)."""
+"""One epoch of training or evaluation, the optimizer and the schedule. Metrics are summed on
+the device and read once per epoch: no host sync inside a step (progress refreshes aside)."""
 import itertools
 import time
 from dataclasses import dataclass
@@ -19,10 +18,9 @@ def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, fused=False):
                                 weight_decay=weight_decay, fused=fused or None,
                                 foreach=None if fused else True)
     if fused:
-        # The fused kernel allocates momentum buffers with empty_like on its first step and
-        # fills them in the kernel, which returns early when GradScaler found an inf (fp16's
-        # first steps usually do): the buffers would keep uninitialised memory. Zeros give
-        # the first step's buf = grad exactly as a fresh buffer does.
+        # The fused kernel makes its momentum buffers with empty_like and returns before filling
+        # them when GradScaler found an inf (fp16's first steps): zeros keep them defined and
+        # give the first real step buf = grad, as a fresh buffer does.
         for group in optimizer.param_groups:
             for parameter in group["params"]:
                 optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
@@ -39,10 +37,8 @@ def load_optimizer_state(optimizer, saved_state):
 
 
 def make_scheduler(optimizer, total_steps, warmup_fraction=0.15):
-    """One-cycle, stepped every batch: warm up to the peak lr, then cosine down to ~0.
-
-    Each param group's own lr is its peak, so per-group multipliers carry through.
-    """
+    """One-cycle per batch: warm-up to each param group's own lr (so per-group multipliers carry
+    through), then cosine to ~0."""
     peaks = [group["lr"] for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=peaks, total_steps=max(total_steps, 2), pct_start=warmup_fraction,
@@ -152,13 +148,9 @@ class EpochState:
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, precision,
                     label_smoothing=0.0, progress=False, log_every=None, clock=None,
                     description="train", should_stop=lambda: False, start=None):
-    """Train over `loader` (from `start`, an EpochState of an interrupted epoch); return the
-    EpochState reached: finished, or stopped early because should_stop() turned true.
-
-    progress: a tqdm bar; else log_every: a plain line every so many seconds; clock: the
-    run's RunClock, for its ETA. Non-finite losses are noted on the device (first_bad_step)
-    and checked by the caller at the end of the epoch: no synchronisation per step.
-    """
+    """Train from `start` (an interrupted epoch's EpochState) to the end or should_stop(); return
+    the EpochState reached. Non-finite losses are only noted on the device (first_bad_step), for
+    the caller to check after the epoch: no host sync per step."""
     start = start or EpochState()
     model.train()
     loss_sum = torch.tensor(start.loss_sum, device=device, dtype=torch.float32)
@@ -197,9 +189,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, *, device, prec
 @torch.inference_mode()
 def evaluate(model, loader, *, device, precision, progress=False, description="evaluate",
              num_classes=0):
-    """Mean loss (plain cross-entropy), accuracy and image count over every image of
-    `loader`, summed over ranks when each rank evaluates its own share of a split; with
-    num_classes, also the confusion matrix (rows: true class, columns: predicted)."""
+    """Mean plain cross-entropy, accuracy and image count, summed over ranks (each evaluates its
+    share); with num_classes, the confusion matrix too (rows: true class, columns: predicted)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -223,10 +214,8 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
 
 @torch.no_grad()
 def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
-    """Re-estimate the running statistics of every BatchNorm layer in training mode for the
-    current weights, as the plain mean over the loader's first `images` images ("precise BN",
-    Wu & Johnson 2021): after a few dozen fast steps the running average still describes far
-    earlier weights. Layers kept in eval mode (frozen, with ImageNet statistics) are left alone."""
+    """Re-estimate training-mode BatchNorms' statistics at the current weights over `images`
+    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept."""
     model.train()
     layers = [module for module in model.modules()
               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)

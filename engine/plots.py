@@ -99,43 +99,29 @@ def _plot_over_seeds(axes, value, key, scale, style="-", **line):
     axes.plot(epochs, mean, style, **line)
 
 
-def plot_comparison(histories, path, splits=("train", "val"), title=None):
-    """Accuracy and loss per epoch, one colour per run. histories: {run name: history, or
-    [history per seed]}; several seeds draw as their mean with a min-max band."""
-    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-    for index, (name, value) in enumerate(histories.items()):
-        for split in splits:
-            style = SPLIT_STYLES[split]
-            _plot_over_seeds(accuracy_axes, value, f"{split}_accuracy", 100, style,
-                             label=f"{name} ({split})", **run_style(index))
-            _plot_over_seeds(loss_axes, value, f"{split}_loss", 1, style,
-                             label=f"{name} ({split})", **run_style(index))
-    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    loss_axes.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    for axes in (accuracy_axes, loss_axes):
-        axes.grid(alpha=0.3)
-    legend_below(figure, accuracy_axes)
-    if title:
-        figure.suptitle(title)
-    save_figure(figure, path)
-
-
 def _label(key):
     """'test_accuracy' -> 'test accuracy (%)'."""
     text = key.replace("_", " ")
     return f"{text} (%)" if key.endswith("accuracy") else text
 
 
-def plot_runs(histories, keys, path, title=None):
-    """One panel per history column (e.g. test_loss), one line per run; histories as in
-    plot_comparison."""
-    figure, axes_row = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.8), squeeze=False,
-                                    layout="constrained")
-    for axes, key in zip(axes_row[0], keys):
-        scale = 100 if key.endswith("accuracy") else 1
+def plot_runs(histories, panels, path, title=None):
+    """One panel per entry of `panels`: a history column (e.g. test_loss), or a tuple of them
+    sharing axes, a line style per split; one colour per run. histories: {run name: history,
+    or [history per seed]}; several seeds draw as their mean with a min-max band."""
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
+                                    squeeze=False, layout="constrained")
+    for axes, keys in zip(axes_row[0], panels):
+        keys = (keys,) if isinstance(keys, str) else keys
         for index, (name, value) in enumerate(histories.items()):
-            _plot_over_seeds(axes, value, key, scale, label=name, **run_style(index))
-        axes.set(xlabel="epoch", ylabel=_label(key), title=_label(key))
+            for key in keys:
+                split = key.split("_")[0]
+                style, label = (SPLIT_STYLES[split], f"{name} ({split})") if len(keys) > 1 else (
+                    "-", name)
+                _plot_over_seeds(axes, value, key, 100 if key.endswith("accuracy") else 1, style,
+                                 label=label, **run_style(index))
+        label = _label(keys[0] if len(keys) == 1 else keys[0].split("_", 1)[1])
+        axes.set(xlabel="epoch", ylabel=label, title=label)
         axes.grid(alpha=0.3)
     legend_below(figure, axes_row[0][0])
     if title:

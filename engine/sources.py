@@ -1,12 +1,6 @@
-"""Data sources: a dataset as (train, test) ImageData of uint8 images (N, 3, H, W), int64
-labels and class names, small enough to live on the training device (CIFAR-10: 150 MB);
-and the seeded, class-balanced validation split and training subset.
-
-  cifar10, cifar100, mnist, fashion-mnist, svhn, svhn-extra (train + extra), stl10
-                     torchvision's datasets: its file layout, download and checksums; stored
-                     as 32x32 RGB (MNIST's 28x28 grayscale padded, STL-10's 96x96 resized)
-  folder             ROOT/train/<class>/* and ROOT/test/<class>/* (or val/), resized once
-  synthetic          generated: learnable, for tests and offline smoke runs
+"""Datasets as (train, test) ImageData: uint8 images small enough to live on the training device
+(CIFAR-10: 150 MB); the seeded, class-balanced validation split and training subset.
+The sources, their layout and checks: README, "Datasets, your own data, and offline use".
 """
 import textwrap
 from dataclasses import dataclass
@@ -43,7 +37,6 @@ class ImageData:
 
 
 def load_source(name, data_dir, *, image_size=32):
-    """Return (train, test) ImageData for the named source."""
     if name in _TORCHVISION:
         return load_torchvision(name, Path(data_dir))
     if name == "folder":
@@ -83,8 +76,7 @@ IMAGE_SIDE = 32  # every torchvision source is stored at the CIFAR networks' inp
 
 
 def load_torchvision(name, root):
-    """(train, test) of one of torchvision's datasets, through its own classes: its file layout
-    under `root`, its download and its checks (below), as uint8 32x32 RGB."""
+    """Through torchvision's own classes (their layout under `root`, download and checks)."""
     spec = _TORCHVISION[name]
     try:
         train = [_as_image_data(_open(spec.dataset_class, root, split), spec)
@@ -99,11 +91,8 @@ def load_torchvision(name, root):
 
 
 def _open(dataset_class, root, split):
-    """torchvision's dataset object. download=True first checks what is there and downloads
-    only what is missing or fails the check: CIFAR, SVHN and STL-10 compare every file's MD5
-    (before anything is unpickled or parsed); the MNIST family compares the MD5 of each .gz
-    archive when it extracts it, and then only checks that the extracted files exist (the IDX
-    parser checks their headers and sizes)."""
+    """download=True fetches only what is missing or fails its check (README, "Checksums,
+    downloads, offline": the MNIST family's extracted files have no MD5)."""
     if isinstance(split, bool):
         return dataset_class(root, train=split, download=True)
     return dataset_class(root, split=split, download=True)
@@ -112,9 +101,8 @@ def _open(dataset_class, root, split):
 def _as_image_data(dataset, spec):
     images = torch.as_tensor(dataset.data)
     if spec.layout == "NHW":  # the MNIST family: 28x28 grayscale
-        # Padded with 2 zero pixels a side, not resized: the pixels stay exact (no interpolation),
-        # the background is already 0 so the border is invisible, and 32x32 with the 28x28 digit
-        # centred is LeNet-5's own input (LeCun et al. 1998). Three identical channels.
+        # Padded 2 black pixels a side, not resized: exact pixels, LeNet-5's input (README,
+        # "Why pad MNIST"). Three identical channels.
         images = F.pad(images, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1)
     elif spec.layout == "NHWC":
         images = images.permute(0, 3, 1, 2)
@@ -218,9 +206,8 @@ def read_image(path, image_size):
 
 
 def _as_rgb(image):
-    """RGB uint8 from any mode PIL opens: 16-bit grayscale is scaled, not clipped, to 8 bits
-    (PIL's own conversion would turn most of a 16-bit image white); alpha and palettes are
-    dropped as torchvision's ImageFolder loader does."""
+    """RGB from any PIL mode: 16-bit scaled to 8 bits (PIL's convert clips: mostly white); alpha
+    and palettes dropped as torchvision's ImageFolder loader does."""
     if image.mode.startswith("I"):
         array = np.asarray(image, dtype=np.float64)
         if image.mode.startswith("I;16") or array.max() > 255:
@@ -232,12 +219,8 @@ def _as_rgb(image):
 # --- synthetic ----------------------------------------------------------------------------
 
 def make_synthetic(seed=0, image_size=32, num_classes=10, train_size=5000, test_size=1000):
-    """A deterministic, learnable stand-in for CIFAR: each class is a smooth colour pattern.
-
-    The class shows in every pixel region (a low-frequency pattern plus a class colour), so
-    it survives crops and flips and a correct training loop learns it within an epoch or
-    two on a CPU; per-image noise and brightness keep it from being trivial.
-    """
+    """A stand-in for CIFAR that a correct loop learns in an epoch or two on a CPU: each class's
+    smooth pattern and colour show in every region (surviving crops and flips), under noise."""
     generator = torch.Generator().manual_seed(seed)
     patterns = torch.rand(num_classes, 3, 4, 4, generator=generator) * 2 - 1
     patterns = F.interpolate(patterns, size=(image_size, image_size), mode="bilinear",

@@ -12,7 +12,6 @@ HEADS = ("linear", "mlp", "deep")
 # model.children() order of torchvision's ResNet; the report froze the first 7 (up to layer3).
 CHILD_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                "avgpool", "fc")
-REPORT_FROZEN_CHILDREN = 7
 
 
 # ---------------------------------------------------------------------------------------

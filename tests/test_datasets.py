@@ -375,5 +375,5 @@ def test_weights_whose_keys_do_not_fit_get_one_line_naming_them(tmp_path):
     assert f"weights file {path} does not fit the hand-written CIFAR ResNet-18 (" in message
     assert "missing keys layer2.0.shortcut.0.weight" in message and "more" in message
     assert "unexpected keys layer2.0.downsample.0.weight" in message
-    assert "conv1.weight ((64, 3, 7, 7) in the file, (64, 3, 3, 3) in the model)" in message
+    assert "conv1.weight (64, 3, 7, 7) in the file, (64, 3, 3, 3) in the model" in message
     assert "--model transfer" in message
