@@ -219,31 +219,6 @@ def apply_color_jitter(images, order, brightness=None, contrast=None, saturation
     return levels.to(images.dtype)
 
 
-def _adjust(images, code, factors):
-    order = torch.full((len(images), 1), code, device=images.device)
-    return apply_color_jitter(images, order, **{JITTER_COMPONENTS[code]: factors})
-
-
-def adjust_brightness(images, factors):
-    """Multiply image i by factors[i] (0 gives black, 1 the original)."""
-    return _adjust(images, BRIGHTNESS, factors)
-
-
-def adjust_contrast(images, factors):
-    """Blend image i with its mean grey level by factors[i] (0 gives flat grey)."""
-    return _adjust(images, CONTRAST, factors)
-
-
-def adjust_saturation(images, factors):
-    """Blend image i with its grayscale by factors[i] (0 gives grey, 2 doubles saturation)."""
-    return _adjust(images, SATURATION, factors)
-
-
-def adjust_hue(images, factors):
-    """Rotate image i's hue by factors[i] turns, factors in [-0.5, 0.5] (HSV, as torchvision)."""
-    return _adjust(images, HUE, factors)
-
-
 def color_jitter_params(batch_size, generator, device, brightness=0.4, contrast=0.4,
                         saturation=0.4, hue=0.1):
     """{"order": (B, 4) a random permutation of the codes per image, and a (B,) factor per
@@ -549,30 +524,6 @@ class CropFlip:
         return random_flip(images, self.flip_p, generator), labels
 
 
-@dataclass(frozen=True)
-class MixUp:
-    """MixUp (Zhang et al. 2018) with one Beta(alpha, alpha) weight per image; soft targets."""
-
-    num_classes: int
-    alpha: float = 1.0
-    per_image = False
-
-    def __call__(self, images, labels, generator):
-        return random_mixup(images, labels, self.num_classes, generator, self.alpha)
-
-
-@dataclass(frozen=True)
-class CutMix:
-    """CutMix (Yun et al. 2019) with one box per image; soft targets weighted by area."""
-
-    num_classes: int
-    alpha: float = 1.0
-    per_image = False
-
-    def __call__(self, images, labels, generator):
-        return random_cutmix(images, labels, self.num_classes, generator, self.alpha)
-
-
 class RandomOp:
     """A batched random_* op with fixed options, e.g. RandomOp(random_rotation, degrees=15)."""
 
@@ -588,6 +539,13 @@ class RandomOp:
     def __repr__(self):
         options = ", ".join(f"{key}={value!r}" for key, value in self.options.items())
         return f"{self.op.__name__}({options})"
+
+
+class Mixing(RandomOp):
+    """A random_* op that mixes images and their labels, e.g. Mixing(random_mixup, ...)."""
+
+    def __call__(self, images, labels, generator):
+        return self.op(images, labels, generator=generator, **self.options)
 
 
 class DeterministicOp(RandomOp):
@@ -663,8 +621,8 @@ ARMS = {
     "gaussian_noise": lambda classes, size: RandomOp(random_gaussian_noise, std=0.1),
     "random_erasing": lambda classes, size: RandomOp(
         random_erasing, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3)),
-    "mixup": lambda classes, size: MixUp(classes, alpha=1.0),
-    "cutmix": lambda classes, size: CutMix(classes, alpha=1.0),
+    "mixup": lambda classes, size: Mixing(random_mixup, num_classes=classes, alpha=1.0),
+    "cutmix": lambda classes, size: Mixing(random_cutmix, num_classes=classes, alpha=1.0),
     "autoaugment": lambda classes, size: PerImageTorchvision(
         T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)),
     "randaugment": lambda classes, size: PerImageTorchvision(T.RandAugment()),

@@ -84,11 +84,6 @@ class DeviceLoader:
             return len(self.labels) // self.batch_size
         return -(-len(self.labels) // self.batch_size)
 
-    @property
-    def num_images(self):
-        """Images yielded per epoch over all ranks (drop_last leaves the remainder out)."""
-        return min(len(self) * self.batch_size, len(self.labels))
-
     def __iter__(self):
         return self.batches()
 

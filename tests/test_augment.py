@@ -102,11 +102,18 @@ def test_rotation_equals_torchvision_with_fill_zero(dtype, interpolation):
     assert_matches(augment.apply_rotation(images, angles, interpolation), reference)
 
 
+def adjust(name):
+    """Our colour jitter with one component, `name`, applied to every image."""
+    code = augment.JITTER_COMPONENTS.index(name)
+    return lambda images, factors: augment.apply_color_jitter(
+        images, torch.full((len(images), 1), code), **{name: factors})
+
+
 COLOUR_ADJUSTMENTS = [  # (ours, torchvision's, uint8 tolerance in levels)
-    (augment.adjust_brightness, TF.adjust_brightness, "brightness", 0),
-    (augment.adjust_contrast, TF.adjust_contrast, "contrast", 0),
-    (augment.adjust_saturation, TF.adjust_saturation, "saturation", 0),
-    (augment.adjust_hue, TF.adjust_hue, "hue", 1),
+    (adjust("brightness"), TF.adjust_brightness, "brightness", 0),
+    (adjust("contrast"), TF.adjust_contrast, "contrast", 0),
+    (adjust("saturation"), TF.adjust_saturation, "saturation", 0),
+    (adjust("hue"), TF.adjust_hue, "hue", 1),
 ]
 
 
@@ -144,7 +151,7 @@ def test_colour_jitter_skips_switched_off_components():
                                          saturation=None, hue=0)
     assert params["contrast"] is None and params["saturation"] is None and params["hue"] is None
     assert torch.equal(augment.apply_color_jitter(images, **params),
-                       augment.adjust_brightness(images, params["brightness"]))
+                       adjust("brightness")(images, params["brightness"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -314,7 +321,7 @@ def partner_and_weight(targets, index):
 @pytest.mark.parametrize("alpha", [1.0, 0.4])
 def test_mixup_weight_is_the_image_mixing_proportion(alpha):
     images, labels = flat_distinct_images()
-    mixed, targets = augment.MixUp(NUM_CLASSES, alpha=alpha)(images, labels, seeded())
+    mixed, targets = augment.Mixing(augment.random_mixup, num_classes=NUM_CLASSES, alpha=alpha)(images, labels, seeded())
     assert targets.dtype == torch.float32 and targets.shape == (BATCH, NUM_CLASSES)
     assert torch.allclose(targets.sum(dim=1), torch.ones(BATCH))
     weights = []
@@ -328,7 +335,7 @@ def test_mixup_weight_is_the_image_mixing_proportion(alpha):
 
 def test_cutmix_weight_is_the_area_kept():
     images, labels = flat_distinct_images()
-    mixed, targets = augment.CutMix(NUM_CLASSES)(images, labels, seeded(3))
+    mixed, targets = augment.Mixing(augment.random_cutmix, num_classes=NUM_CLASSES)(images, labels, seeded(3))
     assert torch.allclose(targets.sum(dim=1), torch.ones(BATCH))
     for index in range(BATCH):
         partner, weight = partner_and_weight(targets, index)
