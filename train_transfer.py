@@ -154,7 +154,6 @@ def main(args):
     train_all(runs)
     if distributed.is_main_process():
         write_outputs(runs, args, study)
-        print(f"summary: {study / 'summary.md'}")
     return runs
 
 

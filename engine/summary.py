@@ -32,6 +32,7 @@ def write_summary(directory, rows, columns, title, notes=()):
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     atomic.write_text(directory / "summary.md", "\n".join(lines) + "\n")
+    print(f"summary: {directory / 'summary.md'}", flush=True)
 
 
 def csv_fields(rows, columns):
