@@ -228,13 +228,9 @@ def _rebuild(spec, state_dict, source):
         raise UserError(f"{source} is a checkpoint of a model this repository cannot build "
                         f"({error}; spec {spec!r}): use a run of train_scratch.py, "
                         f"train_transfer.py, augment_study.py or dropout_sweep.py") from None
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise UserError(f"{source} does not fit the model its config names ({spec.get('name')}): "
-                        f"{' '.join(str(error).split())[:200]}: the checkpoint and its config "
-                        f"disagree; train the run again") from None
-    return model
+    return pretrained.load_into(model, state_dict, source, f"the model its config names "
+                                f"({spec.get('name')})", "the checkpoint and its config "
+                                "disagree; train the run again")
 
 
 def load_run(run_dir):

@@ -124,31 +124,14 @@ def main_first(function):
     return result
 
 
-def any_rank(flag):
-    """True on every rank if `flag` is true on any rank (e.g. a stop signal)."""
-    if not is_distributed():
-        return bool(flag)
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_cpu_group())
-    return bool(value.item())
-
-
-def sum_over_ranks(*numbers):
-    """The sums over ranks of plain numbers (counts, loss sums), as Python floats."""
+def over_ranks(*numbers, op="sum"):
+    """The sums (op "min", "max": the least, the greatest) over ranks of plain numbers, as
+    floats, on every rank; the numbers themselves in one process."""
     if not is_distributed():
         return numbers
     values = torch.tensor(numbers, dtype=torch.float64)
-    dist.all_reduce(values, group=_cpu_group())
+    dist.all_reduce(values, op=getattr(dist.ReduceOp, op.upper()), group=_cpu_group())
     return tuple(values.tolist())
-
-
-def min_over_ranks(number):
-    """The smallest of the ranks' values of `number` (an int), on every rank."""
-    if not is_distributed():
-        return number
-    value = torch.tensor([number], dtype=torch.int64)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_cpu_group())
-    return int(value.item())
 
 
 def gather_to_main(value):

@@ -1,6 +1,7 @@
 """One epoch of training or evaluation, the optimizer and the schedule. Metrics are summed on
 the device and read once per epoch: no host sync inside a step (progress refreshes aside)."""
 import itertools
+import math
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from engine.device import autocast
-from engine.distributed import min_over_ranks, sum_over_ranks
+from engine.distributed import over_ranks
 
 
 def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, fused=False):
@@ -132,12 +133,12 @@ class EpochState:
     def summed_over_ranks(self):
         """The whole global batch's figures (each rank trained on its own slice); the same
         steps and finish on every rank, which stop together."""
-        loss_sum, correct, seen = sum_over_ranks(self.loss_sum, self.correct, self.seen)
-        no_bad_step = 2 ** 62
-        first_bad = min_over_ranks(self.first_bad_step if self.first_bad_step >= 0 else no_bad_step)
+        loss_sum, correct, seen = over_ranks(self.loss_sum, self.correct, self.seen)
+        first_bad, = over_ranks(self.first_bad_step if self.first_bad_step >= 0 else math.inf,
+                                op="min")
         return EpochState(step=self.step, loss_sum=loss_sum, correct=int(correct), seen=int(seen),
                           seconds=self.seconds, finished=self.finished,
-                          first_bad_step=first_bad if first_bad != no_bad_step else -1)
+                          first_bad_step=int(first_bad) if first_bad < math.inf else -1)
 
     def progress_only(self):
         """Where the epoch stands without its sums: how a rank other than 0 resumes it (the
@@ -206,7 +207,7 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
             confusion += torch.bincount(targets * num_classes + logits.argmax(dim=1),
                                         minlength=num_classes ** 2)
         seen += len(inputs)
-    loss_sum, correct, seen, *counts = sum_over_ranks(loss_sum.item(), correct.item(), seen,
+    loss_sum, correct, seen, *counts = over_ranks(loss_sum.item(), correct.item(), seen,
                                                       *confusion.tolist())
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
             "images": int(seen), "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}

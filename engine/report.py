@@ -16,7 +16,7 @@ from engine.configurations import (OUR_CHOICES, REPORT_ARMS, REPORT_DATASET, REP
                                    TRANSFER, TRANSFER_COMPARISONS)
 from engine.errors import UserError
 from engine.seeds import compare, comparison_note, folder_seed, is_number, spread
-from engine.summary import format_cell, format_mean_std
+from engine.summary import format_cell, format_mean_std, table
 from engine.training import RESUME_FREE, format_seconds, holds_run
 
 REPORT_NAME = "REPORT.md"
@@ -163,14 +163,6 @@ def find_visualisations(part_dir):
 
 
 # --- cells ------------------------------------------------------------------------------------
-
-def table(headers, rows):
-    """A markdown table; a cell cannot hold a pipe or a line break."""
-    def cells(row):
-        return " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in row)
-    return [f"| {cells(headers)} |", "|" + "---|" * len(headers)] + [f"| {cells(row)} |"
-                                                                     for row in rows]
-
 
 def link(text, path, results_dir, bang=""):
     """A link (bang="!": an image) relative to REPORT.md, which lies in results_dir."""

@@ -4,7 +4,7 @@ import contextlib
 import signal
 import threading
 
-from engine.distributed import any_rank, is_distributed
+from engine.distributed import is_distributed, over_ranks
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -38,7 +38,7 @@ class AgreedStop:
         self.calls += 1
         if is_distributed() and not force and self.calls % self.poll_every:
             return False
-        return any_rank(self.request())
+        return bool(over_ranks(float(self.request()), op="max")[0])
 
     @property
     def signum(self):

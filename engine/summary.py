@@ -24,15 +24,21 @@ def write_summary(directory, rows, columns, title, notes=()):
     atomic.write_text(directory / "summary.csv", buffer.getvalue())
 
     spread = any((row.get("seeds") or 1) > 1 for row in rows)
-    lines = [f"# {title}", "", "| " + " | ".join(header for _, header, _ in columns) + " |",
-             "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [summary_cell(row, key, style, spread) for key, _, style in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [f"# {title}", ""] + table(
+        [header for _, header, _ in columns],
+        [[summary_cell(row, key, style, spread) for key, _, style in columns] for row in rows])
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     atomic.write_text(directory / "summary.md", "\n".join(lines) + "\n")
     print(f"summary: {directory / 'summary.md'}", flush=True)
+
+
+def table(headers, rows):
+    """A markdown table; a cell cannot hold a pipe or a line break."""
+    def cells(row):
+        return " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in row)
+    return [f"| {cells(headers)} |", "|" + "---|" * len(headers)] + [f"| {cells(row)} |"
+                                                                     for row in rows]
 
 
 def csv_fields(rows, columns):

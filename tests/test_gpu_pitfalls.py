@@ -93,7 +93,8 @@ def test_a_run_resumes_in_another_precision(tmp_path, first, then):
 def test_torchrun_ranks_agree_to_stop_every_few_steps_and_at_every_forced_check(monkeypatch):
     asked = []
     monkeypatch.setattr(engine.signals, "is_distributed", lambda: True)
-    monkeypatch.setattr(engine.signals, "any_rank", lambda flag: asked.append(flag) or flag)
+    monkeypatch.setattr(engine.signals, "over_ranks",
+                        lambda flag, op: asked.append(flag) or (flag,))
     stop = engine.signals.AgreedStop(lambda: True, poll_every=10)
     answers = [stop() for _ in range(30)]
     assert len(asked) == 3 and answers.count(True) == 3 and answers[9] and answers[29]

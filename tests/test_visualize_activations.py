@@ -292,6 +292,24 @@ def test_transfer_run_rebuilds_offline_from_its_checkpoint(offline_torch_home, t
     assert subject.normalizer()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)).shape[-1] == 64
 
 
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_refused_in_one_line(tmp_path):
+    spec = {"name": "resnet18_cifar", "num_classes": 3, "width": 8}
+    config = {"model": spec, "classes": ["a", "b", "c"], "dataset": "folder",
+              "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+              "stored_image_size": 32, "image_size": 32, "args": {}}
+    run = tmp_path / "run"
+    run.mkdir()
+    wider = build_model({**spec, "width": 16}).state_dict()
+    torch.save({"model": wider, "config": config}, run / "checkpoint.pt")
+    with pytest.raises(UserError) as raised:
+        activations.load_run(run)
+    message = str(raised.value)
+    assert "does not fit the model its config names (resnet18_cifar)" in message
+    assert "shapes differ for conv1.weight (16, 3, 3, 3) in the file" in message
+    assert "train the run again" in message and "\n" not in message
+
+
 # --- the script ---------------------------------------------------------------------------
 
 def layer_count(spec):
