@@ -208,7 +208,7 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
                                         minlength=num_classes ** 2)
         seen += len(inputs)
     loss_sum, correct, seen, *counts = over_ranks(loss_sum.item(), correct.item(), seen,
-                                                      *confusion.tolist())
+                                                  *confusion.tolist())
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
             "images": int(seen), "confusion": torch.tensor(counts, dtype=torch.int64).view(num_classes, num_classes)}
 
