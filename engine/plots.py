@@ -113,14 +113,14 @@ def plot_runs(histories, panels, path, title=None):
                                     squeeze=False, layout="constrained")
     for axes, keys in zip(axes_row[0], panels):
         keys = (keys,) if isinstance(keys, str) else keys
+        shared = len(keys) > 1  # splits share the panel: one line style and label each
         for index, (name, value) in enumerate(histories.items()):
             for key in keys:
                 split = key.split("_")[0]
-                style, label = (SPLIT_STYLES[split], f"{name} ({split})") if len(keys) > 1 else (
-                    "-", name)
-                _plot_over_seeds(axes, value, key, 100 if key.endswith("accuracy") else 1, style,
-                                 label=label, **run_style(index))
-        label = _label(keys[0] if len(keys) == 1 else keys[0].split("_", 1)[1])
+                _plot_over_seeds(axes, value, key, 100 if key.endswith("accuracy") else 1,
+                                 SPLIT_STYLES[split] if shared else "-",
+                                 label=f"{name} ({split})" if shared else name, **run_style(index))
+        label = _label(keys[0].split("_", 1)[1] if shared else keys[0])
         axes.set(xlabel="epoch", ylabel=label, title=label)
         axes.grid(alpha=0.3)
     legend_below(figure, axes_row[0][0])
