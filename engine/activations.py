@@ -23,7 +23,7 @@ from engine import atomic, pretrained
 from engine.checkpoint import load_checkpoint
 from engine.errors import UserError
 from engine.loader import IMAGENET_STATS, Normalizer
-from engine.plots import plt, save_figure
+from engine.plots import save_figure, subplots
 from engine.sources import load_source, read_image
 from models import build_model
 
@@ -434,7 +434,7 @@ def _draw(axes, tensor, channels, columns=None, names=None):
 
 def plot_layer(path, layer, tensor, dead, max_channels, class_names=None):
     """One layer's picture: its maps, or its values (the logits' labelled with class_names)."""
-    figure, axes = plt.subplots(figsize=(5.5, 5.9) if is_spatial(tensor) else (9, 3.2))
+    figure, axes = subplots(figsize=(5.5, 5.9) if is_spatial(tensor) else (9, 3.2))
     note = _draw(axes, tensor, max_channels, names=class_names)
     axes.set_title(f"{_title(layer, tensor)}\n{note}; {dead} all zero", fontsize=9, loc="left")
     save_figure(figure, path)
@@ -442,7 +442,7 @@ def plot_layer(path, layer, tensor, dead, max_channels, class_names=None):
 
 def plot_overview(path, picture, layers, outputs, subject_description):
     """The image, then the first few channels of each layer, one row per layer."""
-    figure, rows = plt.subplots(len(layers) + 1, 1, figsize=(12, 1.75 * (len(layers) + 1)),
+    figure, rows = subplots(len(layers) + 1, 1, figsize=(12, 1.75 * (len(layers) + 1)),
                                 squeeze=False)
     rows[0, 0].imshow(picture.pixels.permute(1, 2, 0).numpy(), interpolation="nearest")
     rows[0, 0].set_title(f"{picture.description}, as the model sees it", fontsize=9)
@@ -458,7 +458,7 @@ def plot_overview(path, picture, layers, outputs, subject_description):
 def plot_gradcam(path, picture, findings):
     """The image, and each class's Grad-CAM over it (upsampled bilinearly to the image)."""
     image = picture.pixels.permute(1, 2, 0).numpy()
-    figure, panels = plt.subplots(1, len(findings.cams) + 1,
+    figure, panels = subplots(1, len(findings.cams) + 1,
                                   figsize=(4 * (len(findings.cams) + 1), 4.4), squeeze=False)
     panels[0, 0].imshow(image, interpolation="nearest")
     panels[0, 0].set_title(picture.description, fontsize=9)

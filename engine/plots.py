@@ -1,13 +1,10 @@
 """Plots of training curves: one run's curves, and several runs on shared axes."""
-import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: runs happen on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from engine import atomic  # noqa: E402
+from engine import atomic
 
 SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
 MARKERS = [None, "o", "s", "^", "D", "v", "x", "*", "P", "h"]  # one more set of 10 colours each
@@ -26,21 +23,27 @@ def legend_below(figure, axes):
                   ncols=min(4, len(labels)))
 
 
+def subplots(*grid, squeeze=True, **options):
+    """A figure and its axes as plt.subplots makes them, without pyplot: no backend to choose
+    and no global list of open figures (a study draws hundreds); the PNG is drawn by Agg."""
+    figure = Figure(**options)
+    return figure, figure.subplots(*grid, squeeze=squeeze)
+
+
 def save_figure(figure, path):
-    """Write the figure as a PNG atomically (epoch axes get whole-number ticks), then close it."""
+    """Write the figure as a PNG atomically (epoch axes get whole-number ticks)."""
     for axes in figure.axes:
         if axes.get_xlabel() == "epoch":
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic.atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
-    plt.close(figure)
 
 
 def plot_curves(history, path, title=None, label_smoothing=0.0):
     """Loss and accuracy per epoch for train / val / test of one run (the training loss is
     against the smoothed targets: label smoothing raises its floor above 0)."""
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_axes, accuracy_axes) = subplots(1, 2, figsize=(11, 4))
     smoothing = {"train": f" (label smoothing {label_smoothing:g})"} if label_smoothing else {}
     for split, style in SPLIT_STYLES.items():
         loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], style,
@@ -62,7 +65,7 @@ def plot_confusion(confusion, classes, path, title=None):
     confusion = confusion.numpy()
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     side = max(5.0, 0.45 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(side + 1, side))
+    figure, axes = subplots(figsize=(side + 1, side))
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label="share of the true class's images")
     ticks = range(len(classes))
@@ -109,7 +112,7 @@ def plot_runs(histories, panels, path, title=None):
     """One panel per entry of `panels`: a history column (e.g. test_loss), or a tuple of them
     sharing axes, a line style per split; one colour per run. histories: {run name: history,
     or [history per seed]}; several seeds draw as their mean with a min-max band."""
-    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
+    figure, axes_row = subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
                                     squeeze=False, layout="constrained")
     for axes, keys in zip(axes_row[0], panels):
         keys = (keys,) if isinstance(keys, str) else keys
@@ -132,7 +135,7 @@ def plot_runs(histories, panels, path, title=None):
 def plot_lines(panels, x_label, path, title=None):
     """panels: [(y_label, {line name: (xs, ys) or (xs, ys, errors)})]; one panel each,
     markers on every point, error bars where errors are given (None: no bar at that point)."""
-    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
+    figure, axes_row = subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8),
                                     squeeze=False, layout="constrained")
     for axes, (y_label, lines) in zip(axes_row[0], panels):
         for index, (name, (xs, ys, *errors)) in enumerate(lines.items()):
@@ -159,7 +162,7 @@ def plot_bars(values, y_label, path, title=None, highlight=(), errors=None, chan
     """One bar per name, value on top; errors: {name: half-length} (e.g. std over seeds);
     chance: the value of guessing, drawn dashed."""
     names = list(values)
-    figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
+    figure, axes = subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
     colours = ["C1" if name in highlight else "C0" for name in names]
     bars = axes.bar(range(len(names)), [values[name] for name in names], color=colours,
                     yerr=_error_bars([errors.get(name) for name in names]) if errors else None,
@@ -180,7 +183,7 @@ def save_image_grid(rows, path, title=None):
     """rows: {row name: (N, 3, H, W) uint8 or [0, 1] float images}; one row each, named."""
     names = list(rows)
     columns = max(len(images) for images in rows.values())
-    figure, axes_grid = plt.subplots(len(names), columns, layout="constrained",
+    figure, axes_grid = subplots(len(names), columns, layout="constrained",
                                      figsize=(1.3 * columns + 1.5, 1.35 * len(names)),
                                      squeeze=False)
     for axes_row, name in zip(axes_grid, names):

@@ -15,7 +15,6 @@ def figures(monkeypatch):
     for module in (plots, activations):
         monkeypatch.setattr(module, "save_figure", lambda figure, path: kept.append(figure))
     yield kept
-    plots.plt.close("all")
 
 
 def history(offset):
