@@ -22,10 +22,9 @@ from engine import augment, distributed
 from engine.cli import Parser, add_common_args, positive_int
 from engine.configurations import RECIPES, REPORT_ARMS
 from engine.errors import exits_cleanly_on_user_error
-from engine.plots import plot_bars, plot_runs, save_image_grid
-from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import histories_by_name, in_points, with_seeds
-from engine.summary import write_summary
+from engine.plots import save_image_grid
+from engine.seeds import seeds_to_run
+from engine.studies import write_study
 from engine.training import Run, load_data, run_args, split_data, train_all
 
 GALLERY_IMAGES = 8
@@ -64,39 +63,6 @@ def make_run(arm, args, splits, study):
                extra_config={"study": "augment", "arm": arm, "per_image": per_image})
 
 
-def run_rows(runs):
-    """One row per run (configuration and seed)."""
-    rows = []
-    for run in runs:
-        metrics = run.metrics
-        rows.append({"arm": run.name,
-                     "in_report": "yes" if run.name in REPORT_ARMS else "",
-                     "train_accuracy": metrics["train_accuracy"],
-                     "test_accuracy": metrics["test_accuracy"],
-                     "train_error": 1 - metrics["train_accuracy"],
-                     "test_error": 1 - metrics["test_accuracy"],
-                     "val_accuracy": metrics["val_accuracy"],
-                     "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs"],
-                     "execution": "per image" if run.config["per_image"] else "batched",
-                     "transform": run.config["train_augment"] if run.config["train_augment"]
-                     != "None" else f"{run.config['eval_augment']} (train and test)"})
-    return rows
-
-
-MEASURED = ("train_accuracy", "test_accuracy", "train_error", "test_error", "val_accuracy",
-            "seconds_per_epoch")
-REFERENCES = {"none": "vs_none", "standard": "vs_standard"}  # arms every other is set against
-
-
-COLUMNS = [("arm", "arm", None), ("in_report", "in report", None), ("seeds", "seeds", None),
-           ("train_accuracy", "train acc", "{:.2%}"), ("test_accuracy", "test acc", "{:.2%}"),
-           ("train_error", "train error", "{:.2%}"), ("test_error", "test error", "{:.2%}"),
-           ("val_accuracy", "val acc", "{:.2%}"),
-           ("vs_none", "test acc vs none", None), ("vs_standard", "test acc vs standard", None),
-           ("seconds_per_epoch", "s/epoch", "{:.1f}"),
-           ("execution", "execution", None), ("transform", "transform", None)]
-
-
 def gallery_images(splits):
     """One training image from each of the first GALLERY_IMAGES classes (or the first ones)."""
     labels = splits.train.labels
@@ -117,45 +83,21 @@ def write_gallery(names, splits, path, seed):
     save_image_grid(rows, path, title="each augmentation applied to the same images")
 
 
-def write_outputs(runs, args, study_dir):
-    splits = runs[0].splits  # the gallery shows the first seed's training images
-    rows = summarise_seeds(run_rows(runs), "arm", MEASURED, REFERENCES)
-    histories = histories_by_name(runs)
-    plot_bars({row["arm"]: 100 * row["test_accuracy"] for row in rows}, "test accuracy (%)",
-              study_dir / "test_accuracy.png", highlight=("none", "standard"),
-              errors={row["arm"]: in_points(row["test_accuracy_std"]) for row in rows},
-              chance=100 / len(splits.classes),
-              title=with_seeds(f"test accuracy per augmentation ({args.dataset}, "
-                               f"{len(splits.train)} training images, {args.epochs} epochs)", args))
-    plot_runs(histories, ["train_accuracy", "test_accuracy", "test_loss"], study_dir / "curves.png",
-              title=f"per-arm curves: {args.dataset}, {args.epochs} epochs")
-    write_gallery(list(dict.fromkeys(run.name for run in runs)), splits, study_dir / "gallery.png",
-                  args.seed)
-    write_summary(study_dir, rows, COLUMNS, "Augmentation study (tiny CIFAR-10)", notes=[
-        f"{len(splits.train)} class-balanced training images, {args.epochs} epochs, final epoch; "
-        f"test set: {len(splits.test)} images. Error = 1 − accuracy.",
-        "The report's own table is an image in the original report, with no numbers in its text "
-        "to set beside ours.",
-        seeds_note(seeds_to_run(args)),
-        comparison_note("test acc vs none, vs standard"),
-        "execution: batched = parameters drawn per image, whole batch augmented on the device "
-        "at once; per image = torchvision.transforms.v2 in a loop (AutoAugment family).",
-        "Plots: test_accuracy.png (bar per arm; error bar: std over seeds), curves.png "
-        "(per-arm curves on shared axes), gallery.png (each arm on the same eight images)."])
-
-
 @exits_cleanly_on_user_error
 def main(args):
     study = Path(args.out or Path("results") / "augment")
     train, test = load_data(args)
     runs = []
     for seed in seeds_to_run(args):
-        seed_args = run_args(args, seed, choosing=("arms",))
+        seed_args = run_args(args, seed)
         splits = split_data(seed_args, train, test)  # each seed draws its own subset
         runs += [make_run(arm, seed_args, splits, study) for arm in arms_to_run(args.arms)]
     train_all(runs)
     if distributed.is_main_process():
-        write_outputs(runs, args, study)
+        write_study("augment", study)
+        # each arm on the first seed's training images
+        write_gallery(list(dict.fromkeys(run.name for run in runs)), runs[0].splits,
+                      study / "gallery.png", args.seed)
     return runs
 
 

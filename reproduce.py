@@ -1,5 +1,6 @@
 """Reproduce the whole report in one command: parts (a), (b), (c) augmentation, (c) dropout,
-(d), then REPORT.md, into one results folder, with the report's own choices.
+(d), then REPORT.md, into one results folder: the report's settings where it states them,
+ours where it does not (engine/configurations.py OUR_CHOICES).
 
 It prints the plan first: every run with its epochs and images, and the time it should take
 on this device, from the measured speed of each model here (a few timed steps). Rerun, it
@@ -24,13 +25,14 @@ import report
 import train_scratch
 import train_transfer
 import visualize_activations
-from engine import training
 from engine.cli import Parser, nonnegative_int, positive_int
 from engine.configurations import TRANSFER
 from engine.device import PRECISIONS, autocast, resolve_device, resolve_precision
 from engine.errors import UserError, exits_cleanly_on_user_error
 from engine.report import REPORT_NAME
+from engine.results import read_run
 from engine.seeds import seeds_to_run
+from engine.studies import PARTS as STUDY_PARTS
 from engine.sources import SOURCES, load_source
 from engine.training import BATCHNORM_IMAGES, format_seconds, validation_size
 from models import build_model
@@ -43,7 +45,7 @@ TRAINING = {
     # "after different layers": each placement the sweep has
     "dropout": (dropout_sweep, ["--dropout-at", "classifier", "stage", "block"]),
 }
-PARTS = [*TRAINING, "activations", "report"]
+PARTS = [*STUDY_PARTS, "report"]  # the study's order, then REPORT.md
 # --quick: the same runs with fewer epochs (and images for the dropout sweep), ~10 minutes
 # on one GPU at the 25,000 img/s target of benchmarks/README.md (a target, not measured).
 QUICK = {"scratch": ["--epochs", "15"], "transfer": ["--epochs", "10"],
@@ -226,13 +228,6 @@ def speed(key, name, args):
                  for seconds in (train, evaluate))
 
 
-def epochs_done(path):
-    try:
-        return json.loads((path / "metrics.json").read_text())["epochs"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def plan_part(key, args):
     """Every run of a part: what it trains and how long its epochs left should take."""
     train, evaluated = images(args)
@@ -242,7 +237,7 @@ def plan_part(key, args):
             train_speed, eval_speed = speed(key, name, args)
             epoch = train / train_speed + (evaluated + BATCHNORM_IMAGES) / eval_speed
             path = Path(args.out) / name / f"seed{seed}"
-            left = max(0, args.epochs - epochs_done(path))
+            left = max(0, args.epochs - read_run(path).epochs_done)
             planned.append(Planned(path, args.epochs, left, train, evaluated, left * epoch,
                                    train_speed))
     return planned
@@ -277,7 +272,8 @@ def print_plan(plans, targets, args, results):
                      + (f" ({run.epochs - run.left} done)" if run.left < run.epochs else ""))
             print(f"  {run.path.relative_to(results)}: {run.epochs} epochs x {run.train_images:,} "
                   f"images (+{run.eval_images:,} evaluated) at {run.speed:,.0f} img/s  {state}")
-        print(f"  {key} total ~{format_seconds(seconds)} ({len(planned)} runs)")
+        print(f"  {key} total ~{format_seconds(seconds)} ({len(planned)} run"
+              f"{'' if len(planned) == 1 else 's'})")
     for run, out in targets:
         print(f"\nactivations: {run.relative_to(results)} -> {out.relative_to(results)} (seconds)")
     if "report" in args.parts:
@@ -287,21 +283,9 @@ def print_plan(plans, targets, args, results):
 
 # --- running it ------------------------------------------------------------------------------
 
-class Progress:
-    """One line per finished run: its time and the time left, the estimates scaled by how far
-    off they were for the runs trained so far."""
-
-    def __init__(self, planned):
-        self.left = {run.path: run.seconds for run in planned}
-        self.spent = self.estimated = 0.0
-
-    def __call__(self, run, seconds):
-        estimate = self.left.pop(run.path, 0.0)
-        if estimate:
-            self.spent, self.estimated = self.spent + seconds, self.estimated + estimate
-        scale = self.spent / self.estimated if self.estimated else 1.0
-        print(f"finished {run.path} in {format_seconds(seconds)}; {len(self.left)} runs left, "
-              f"ETA {format_seconds(scale * sum(self.left.values()))}")
+def scaled_eta(spent, estimated, left):
+    """The estimate for what is left, scaled by how far off the estimates were so far."""
+    return left * (spent / estimated if estimated else 1.0)
 
 
 def draw(run, out):
@@ -323,14 +307,15 @@ def main(args):
     print_plan(plans, targets, args, results)
     if args.dry_run:
         return plans
-    progress = Progress([run for *_, planned in plans.values() for run in planned])
-    training.run_listeners.append(progress)
-    try:
-        for key, (_, part, _) in plans.items():
-            print(f"\n=== {key} ===")
-            TRAINING[key][0].main(part)
-    finally:
-        training.run_listeners.remove(progress)
+    spent = estimated = 0.0
+    left = sum(run.seconds for *_, planned in plans.values() for run in planned)
+    for key, (_, part, planned) in plans.items():
+        print(f"\n=== {key} ===")
+        took = sum(run.seconds for run in TRAINING[key][0].main(part))  # as train_all timed them
+        planned_seconds = sum(run.seconds for run in planned)
+        spent, estimated, left = spent + took, estimated + planned_seconds, left - planned_seconds
+        print(f"{key} took {format_seconds(took)}; the parts left: ETA "
+              f"{format_seconds(scaled_eta(spent, estimated, left))}")
     for run, out in targets:
         draw(run, out)
     if "report" in args.parts:

@@ -15,8 +15,8 @@ from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, dropout_rate, positive_int
 from engine.configurations import RECIPES
 from engine.errors import UserError, exits_cleanly_on_user_error
-from engine.seeds import seeds_note, seeds_to_run, summarise_seeds
-from engine.summary import write_summary
+from engine.seeds import seeds_to_run
+from engine.studies import write_study
 from engine.training import Run, load_data, run_args, split_data, train_all
 from models.resnet import DROPOUT_PLACES
 
@@ -35,23 +35,6 @@ def get_args_parser():
     return parser
 
 
-MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
-            "train_seconds")
-COLUMNS = [("run", "run", None), ("seeds", "seeds", None),
-           ("train_accuracy", "train acc", "{:.2%}"), ("val_accuracy", "val acc", "{:.2%}"),
-           ("test_accuracy", "test acc", "{:.2%}"), ("best_val_accuracy", "best val acc", "{:.2%}"),
-           ("epochs", "epochs", None), ("train_seconds", "train seconds", "{:.0f}")]
-
-
-def write_outputs(runs, args, study):
-    """summary.csv / summary.md: one line, mean ± std over the seeds."""
-    rows = [{"run": run.name, **run.metrics} for run in runs]
-    write_summary(study, summarise_seeds(rows, "run", MEASURED), COLUMNS,
-                  "ResNet-18 from scratch (part (a))", notes=[
-                      f"Runs: {', '.join(str(run.path.relative_to(study)) for run in runs)}; "
-                      f"the final epoch of {args.epochs}.", seeds_note(seeds_to_run(args))])
-
-
 @exits_cleanly_on_user_error
 def main(args):
     if args.dropout_at and not args.dropout:
@@ -68,7 +51,7 @@ def main(args):
                         train_augment=CropFlip()))
     train_all(runs)
     if distributed.is_main_process():
-        write_outputs(runs, args, study)
+        write_study("scratch", study)
     return runs
 
 

@@ -19,17 +19,14 @@ from pathlib import Path
 from engine import distributed
 from engine.augment import CropFlip
 from engine.cli import Parser, add_common_args, positive_float, positive_int
-from engine.configurations import REPORT_DATASET, RECIPES, TRANSFER, TRANSFER_COMPARISONS
+from engine.configurations import RECIPES, TRANSFER
 from engine.errors import exits_cleanly_on_user_error
 from engine.loader import IMAGENET_STATS
-from engine.plots import plot_runs
 from engine.pretrained import model_from_spec
-from engine.seeds import comparison_note, seeds_note, seeds_to_run, summarise_seeds
-from engine.seeds import histories_by_name
-from engine.summary import points, write_summary
+from engine.seeds import seeds_to_run
+from engine.studies import write_study
 from engine.training import Run, load_data, run_args, split_data, train_all
-from models import build_model
-from models.transfer import count_parameters, parameter_groups
+from models.transfer import parameter_groups
 
 
 def get_args_parser():
@@ -74,7 +71,7 @@ def make_run(name, args, splits, study):
     configuration = TRANSFER[name]
     spec = model_spec(name, args, len(splits.classes))
     # A configuration without pretrained weights does not depend on --weights.
-    own = run_args(args, args.seed, choosing=() if configuration.pretrained else ("weights",),
+    own = run_args(args, args.seed, without=() if configuration.pretrained else ("weights",),
                    config=name)
     return Run(name, own, study, spec, splits,
                train_augment=CropFlip() if args.augment == "crop-flip" else None,
@@ -82,62 +79,6 @@ def make_run(name, args, splits, study):
                # ImageNet weights expect ImageNet's statistics; random init uses the data's own.
                normalization=IMAGENET_STATS if configuration.pretrained else None,
                image_size=args.image_size, extra_config={"study": "transfer", "configuration": name})
-
-
-def run_rows(runs):
-    """One row per run (configuration and seed)."""
-    rows = []
-    for run in runs:
-        metrics, configuration = run.metrics, TRANSFER[run.name]
-        trainable, total = count_parameters(build_model(run.model))
-        report = dict(zip(("report_train", "report_val", "report_test"), configuration.report))
-        # Set against the report only where both measured the same: all of CIFAR-10.
-        comparable = report and run.splits.dataset == REPORT_DATASET and run.args.subset is None
-        rows.append({"config": run.name,
-                     **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
-                     **report,
-                     "test_minus_report": (metrics["test_accuracy"] - report["report_test"]
-                                           if comparable else None),
-                     "trainable_parameters": trainable, "total_parameters": total,
-                     "seconds_per_epoch": metrics["train_seconds"] / metrics["epochs"],
-                     "epochs": metrics["epochs"]})
-    return rows
-
-
-MEASURED = ("train_accuracy", "val_accuracy", "test_accuracy", "test_minus_report",
-            "seconds_per_epoch")
-BASELINE = "scratch"  # random init: what ImageNet weights are worth is measured against it
-
-
-COLUMNS = [("config", "configuration", None), ("seeds", "seeds", None),
-           ("train_accuracy", "train acc", "{:.1%}"), ("val_accuracy", "val acc", "{:.1%}"),
-           ("test_accuracy", "test acc", "{:.1%}"), ("vs_scratch", "test acc vs scratch", None),
-           ("report_train", "report train", "{:.1%}"),
-           ("report_val", "report val", "{:.1%}"), ("report_test", "report test", "{:.1%}"),
-           ("test_minus_report", "test − report", points(1)),
-           ("trainable_parameters", "trainable params", "{:,}"),
-           ("total_parameters", "total params", "{:,}"),
-           ("seconds_per_epoch", "s/epoch", "{:.1f}"), ("epochs", "epochs", None)]
-
-
-def write_outputs(runs, args, study_dir):
-    histories = histories_by_name(runs)  # every seed's history, per configuration
-    rows = summarise_seeds(run_rows(runs), "config", MEASURED, {BASELINE: "vs_scratch"})
-    for file_name, title, names in TRANSFER_COMPARISONS:
-        chosen = {name: histories[name] for name in names if name in histories}
-        if len(chosen) >= 2:
-            plot_runs(chosen, [("train_accuracy", "val_accuracy"), ("train_loss", "val_loss")],
-                      study_dir / file_name, title=f"{title}: {args.dataset}, {args.epochs} epochs")
-    write_summary(study_dir, rows, COLUMNS, "Transfer learning (part (b))", notes=[
-        f"Ours: {args.epochs} epochs at {args.image_size}x{args.image_size}, augmentation "
-        f"{args.augment}, final epoch; the report: 30 epochs at 32x32, no augmentation (its "
-        "train-val gap says so; the text does not). Accuracies of the report are read off its text.",
-        "Frozen = requires_grad off and BatchNorm kept in eval mode (ImageNet statistics fixed); "
-        "the report only turned requires_grad off, so its frozen BatchNorm statistics drifted.",
-        "At 32x32 ImageNet's stem leaves layer4 a 1x1 map; pretrained-cifar-stem (3x3 stride-1 "
-        "conv1, no max-pool) keeps 4x4.",
-        seeds_note(seeds_to_run(args)),
-        comparison_note("test acc vs scratch")])
 
 
 @exits_cleanly_on_user_error
@@ -148,12 +89,12 @@ def main(args):
     distributed.main_first(lambda: check_weights_fit(args, len(train.classes)))
     runs = []
     for seed in seeds:
-        seed_args = run_args(args, seed, choosing=("configs",))
+        seed_args = run_args(args, seed)
         splits = split_data(seed_args, train, test)
         runs += [make_run(name, seed_args, splits, study) for name in args.configs]
     train_all(runs)
     if distributed.is_main_process():
-        write_outputs(runs, args, study)
+        write_study("transfer", study)
     return runs
 
 

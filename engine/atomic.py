@@ -1,6 +1,8 @@
 """Atomic file writes (a temporary file beside the target, then os.replace): a crash midway
 leaves the previous version and no temporary file."""
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -36,3 +38,12 @@ def write_text(path, text):
 
 def write_json(path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path, fields, rows):
+    """rows (dicts, which may carry keys beyond `fields`) as a CSV file with a header."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -103,86 +103,11 @@ def compare(a, b):
                       "beyond noise" if p_value < ALPHA else "within noise")
 
 
-# --- summary rows over seeds ----------------------------------------------------------------------
-
-def group_rows(rows, by):
-    """{configuration: [its runs' rows]}, configurations in the order they first appear."""
-    groups = {}
-    for row in rows:
-        groups.setdefault(row[by], []).append(row)
-    return groups
-
-
-def summarise_seeds(rows, by, measured, references=None):
-    """Per-run rows -> one per configuration (`by`): each `measured` key as the mean over seeds
-    with <key>_std (None with one seed), "seeds", the rest from the first run; then each
-    {reference: column} comparison (add_comparison)."""
-    summary = []
-    for group in group_rows(rows, by).values():
-        row = dict(group[0])
-        for key in measured:
-            values = [run[key] for run in group if is_number(run.get(key))]
-            figure = spread(values) if values else None
-            row[key], row[f"{key}_std"] = (figure.mean, figure.std) if figure else (None, None)
-        row["seeds"] = len(group)
-        summary.append(row)
-    for reference, column in (references or {}).items():
-        add_comparison(summary, rows, by, reference, column)
-    return summary
-
-
 def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def add_comparison(summary, rows, by, reference, column, key=COMPARED_KEY):
-    """Set, on each configuration's summary row, its comparison with `reference`:
-    <column> (the text), <column>_difference (mean difference) and <column>_p (Welch's p or
-    None). The reference's own row, and every row when the reference did not run, get None."""
-    values = {name: [run[key] for run in group] for name, group in group_rows(rows, by).items()}
-    for row in summary:
-        found = None
-        if reference in values and row[by] != reference:
-            found = compare(values[row[by]], values[reference])
-        row[column] = found.text() if found else None
-        row[f"{column}_difference"] = found.difference if found else None
-        row[f"{column}_p"] = found.p_value if found else None
-
-
-def comparison_note(references):
-    """The note under a table that compares: what is compared and how it is judged."""
-    return (f"{references}: difference of the mean final-epoch test accuracy, in points (pp). "
-            f"With at least {MIN_SEEDS_TO_TEST} seeds on both sides, Welch's t-test on the "
-            f"per-seed values (scipy.stats.ttest_ind, equal_var=False): beyond noise when "
-            f"p < {ALPHA}; with fewer, the difference is that of a single run (or of too few "
-            f"seeds) and may be noise. — where the row is the reference or the reference did "
-            f"not run.")
-
-
-def histories_by_name(runs):
-    """{configuration: [its history per seed]}, in the order the runs came."""
-    histories = {}
-    for run in runs:
-        histories.setdefault(run.name, []).append(run.history)
-    return histories
 
 
 def in_points(fraction):
     """A fraction (an accuracy, or its spread over seeds) in percentage points; None (no
     spread with one seed) stays None."""
     return None if fraction is None else 100 * fraction
-
-
-def with_seeds(title, args):
-    """A plot title, saying what its points are when they average several seeds."""
-    seeds = seeds_to_run(args)
-    return f"{title} (mean ± std of {len(seeds)} seeds)" if seeds and len(seeds) > 1 else title
-
-
-def seeds_note(seeds):
-    """The note that says how many seeds each row averages."""
-    if len(seeds) == 1:
-        return (f"One run per configuration (seed {seeds[0]}): no spread; run with --seeds to "
-                f"measure it.")
-    return (f"Seeds {' '.join(map(str, seeds))}: each figure is the mean ± sample standard "
-            f"deviation over the finished seeds of its configuration (column seeds).")

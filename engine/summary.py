@@ -1,34 +1,71 @@
-"""Study summaries, one row per configuration: summary.csv (raw numbers, with each column's
-<key>_std, _difference and _p beside it) and summary.md ("mean ± std" where any row has
-several seeds)."""
-import csv
-import io
+"""A study's table, and its two renderings: summary.csv (raw numbers, with each column's
+<key>_std, _difference, _p and _why beside it) and markdown (summary.md and REPORT.md:
+"mean ± std" where a row has several seeds)."""
 import math
 import re
+from dataclasses import dataclass, field
 
 from engine import atomic
 
-# Raw numbers that travel with a column into summary.csv (see engine.seeds).
-COMPANIONS = ("_std", "_difference", "_p")
+# Raw figures that travel with a column into summary.csv: the spread over seeds, a
+# comparison's difference and p-value, and why a value is missing.
+COMPANIONS = ("_std", "_difference", "_p", "_why")
 UNIT = re.compile(r"[^\d.]*$")  # what follows a formatted number: "%", " pp", ""
 
 
-def write_summary(directory, rows, columns, title, notes=()):
-    """rows: dicts; columns: (key, header, format) triples, format like "{:.2%}", points(2)
-    or None."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=csv_fields(rows, columns),
-                            extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(directory / "summary.csv", buffer.getvalue())
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    style: object = None  # "{:.2%}", a function of the value (points(2)), or None: as it is
 
-    spread = any((row.get("seeds") or 1) > 1 for row in rows)
-    lines = [f"# {title}", ""] + table(
-        [header for _, header, _ in columns],
-        [[summary_cell(row, key, style, spread) for key, _, style in columns] for row in rows])
-    if notes:
-        lines += [""] + [f"- {note}" for note in notes]
+
+@dataclass
+class Table:
+    """One row per configuration (a results.Group, or None for one of the report's that did
+    not run); every cell's value is in its row dict under its column's key."""
+    title: str
+    columns: list
+    rows: list
+    groups: list
+    notes: list = field(default_factory=list)
+
+    def cell(self, row, column):
+        """The markdown cell: "mean ± std" over several seeds; a missing value as "—", with
+        why in brackets where the row says."""
+        value, key = row.get(column.key), column.key
+        if is_missing(value) and row.get(f"{key}_why"):
+            return f"— ({row[f'{key}_why']})"
+        if (row.get("seeds") or 1) > 1 and f"{key}_std" in row:
+            return format_mean_std(value, row[f"{key}_std"], column.style)
+        return format_cell(value, column.style)
+
+    def markdown(self, name_cell=None):
+        """The table's lines; name_cell(group, row) may replace the first cell (a link)."""
+        lines = []
+        for group, row in zip(self.groups, self.rows):
+            cells = [self.cell(row, column) for column in self.columns]
+            if name_cell is not None and group is not None:
+                cells[0] = name_cell(group)
+            lines.append(cells)
+        return table([column.header for column in self.columns], lines)
+
+    def csv_fields(self):
+        """Each column's key, followed by those of its companions that the rows carry."""
+        fields = []
+        for column in self.columns:
+            fields.append(column.key)
+            fields += [column.key + suffix for suffix in COMPANIONS
+                       if any(column.key + suffix in row for row in self.rows)]
+        return fields
+
+
+def write_summary(directory, found):
+    """summary.csv and summary.md of a study's Table, atomically."""
+    atomic.write_csv(directory / "summary.csv", found.csv_fields(), found.rows)
+    lines = [f"# {found.title}", "", *found.markdown()]
+    if found.notes:
+        lines += [""] + [f"- {note}" for note in found.notes]
     atomic.write_text(directory / "summary.md", "\n".join(lines) + "\n")
     print(f"summary: {directory / 'summary.md'}", flush=True)
 
@@ -39,23 +76,6 @@ def table(headers, rows):
         return " | ".join(str(value).replace("|", "\\|").replace("\n", " ") for value in row)
     return [f"| {cells(headers)} |", "|" + "---|" * len(headers)] + [f"| {cells(row)} |"
                                                                      for row in rows]
-
-
-def csv_fields(rows, columns):
-    """Each column's key, followed by those of its companions that the rows carry."""
-    fields = []
-    for key, _, _ in columns:
-        fields.append(key)
-        fields += [key + suffix for suffix in COMPANIONS
-                   if any(key + suffix in row for row in rows)]
-    return fields
-
-
-def summary_cell(row, key, style, spread):
-    """The markdown cell: "mean ± std" where the row has a spread and the table shows it."""
-    if spread and f"{key}_std" in row:
-        return format_mean_std(row.get(key), row[f"{key}_std"], style)
-    return format_cell(row.get(key), style)
 
 
 def is_missing(value):

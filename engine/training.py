@@ -2,8 +2,6 @@
 seed<S>/: a finished one reused, an interrupted one resumed, a new one trained. Under torchrun
 every rank runs this code; rank 0 decides, writes and prints."""
 import argparse
-import csv
-import io
 import json
 import os
 import platform
@@ -29,27 +27,17 @@ from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_op
                          train_one_epoch)
 from engine.plots import plot_confusion, plot_curves
 from engine.pretrained import model_from_spec
+from engine.results import RESUME_FREE, RUN_FILES, STUDY_ARGS, holds_run, read_run
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
 
-# Settings a run may continue with others of: they change how the numbers come out, not the
-# experiment. How the peak lr was reached is recorded, not compared: the resolved lr is.
-RESUME_FREE = {"resume", "overwrite", "no_progress", "log_every", "tensorboard", "device",
-               "compile", "data_dir", "precision", "sync_bn", "lr_base", "lr_reference_batch",
-               "lr_rule"}
-# Settings that choose runs rather than describe one: a run's own args leave them out.
-STUDY_ARGS = {"seeds", "out"}
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "seconds", "images_per_second")
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
                "train_loss", "val_loss", "test_loss")
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "curves.png", "checkpoint.pt",
-             "per_class.csv", "confusion.png")
 # Images over which BatchNorm statistics are re-estimated before each evaluation: 4 batches
 # of 512, ~1.5% of a CIFAR-10 epoch.
 BATCHNORM_IMAGES = 2048
-# Called as listener(run, seconds) after each run is reused or trained (reproduce.py: its ETA).
-run_listeners = []
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -110,10 +98,7 @@ class Run:
     normalization: Optional[tuple] = None      # (mean, std); default: the training split's
     image_size: Optional[int] = None           # model input size if not the stored one
     extra_config: dict = field(default_factory=dict)
-    # read back from the run directory once trained (on rank 0)
-    metrics: Optional[dict] = None
-    history: Optional[list] = None
-    config: Optional[dict] = None
+    seconds: Optional[float] = None  # how long this command took to reuse, resume or train it
 
     @property
     def path(self):
@@ -124,11 +109,11 @@ class Run:
         return self.path / "checkpoint.pt"
 
 
-def run_args(args, seed, choosing=(), **own):
-    """The command's settings less those that choose runs (--seeds, --out, `choosing`), plus
-    its own seed and choices: adding an arm or a seed to a study keeps finished runs valid."""
+def run_args(args, seed, without=(), **own):
+    """The command's settings less those that choose runs (STUDY_ARGS) and `without` (settings
+    this run does not depend on), plus its own seed and choices."""
     kept = {key: value for key, value in vars(args).items()
-            if key not in STUDY_ARGS and key not in choosing}
+            if key not in STUDY_ARGS and key not in without}
     return argparse.Namespace(**{**kept, "seed": seed, **own})
 
 
@@ -172,10 +157,6 @@ def check_unique(runs):
 
 # --- reuse, resume or train -----------------------------------------------------------------
 
-def holds_run(path):
-    return any((path / name).exists() for name in RUN_FILES)
-
-
 def check_writable(path):
     """Try it: permissions alone say nothing for root or on a read-only filesystem."""
     existing = path
@@ -193,14 +174,6 @@ def check_writable(path):
         raise UserError(f"cannot write to {existing} ({error.strerror}): choose another --out") from None
 
 
-def is_finished(run):
-    try:
-        metrics = json.loads((run.path / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False  # absent, or damaged: let the checkpoint decide
-    return run.checkpoint.is_file() and metrics.get("epochs") == run.args.epochs
-
-
 def plan(run):
     """"reuse" (finished earlier, same run), "resume" (a checkpoint) or "train"."""
     if run.args.resume and run.args.overwrite:
@@ -211,8 +184,9 @@ def plan(run):
     check_writable(run.path)
     if run.args.overwrite:
         return "train"
-    if is_finished(run):
-        check_same_run(json.loads((run.path / "config.json").read_text()), run)
+    record = read_run(run.path)
+    if record.finished and run.checkpoint.is_file():
+        check_same_run(record.config, run)
         return "reuse"
     if run.checkpoint.is_file():
         return "resume"
@@ -261,12 +235,7 @@ def train(run, action, header="", note=""):
     started = time.perf_counter()
     if action != "reuse":
         run_training(run, resume=action == "resume")
-    if distributed.is_main_process():
-        run.metrics = json.loads((run.path / "metrics.json").read_text())
-        run.history = read_history(run.path / "history.csv")
-        run.config = json.loads((run.path / "config.json").read_text())
-        for listener in run_listeners:
-            listener(run, time.perf_counter() - started)
+    run.seconds = time.perf_counter() - started
     return run
 
 
@@ -602,24 +571,17 @@ def write_run_files(training):
 def write_per_class(path, classes, confusion, dataset):
     """per_class.csv (each class's test images, correct and accuracy) and confusion.png."""
     images, correct = confusion.sum(dim=1).tolist(), confusion.diagonal().tolist()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")  # quotes a folder class named "a, b"
-    writer.writerow(["class", "images", "correct", "accuracy"])
-    writer.writerows([name, count, right, f"{right / max(count, 1):.4f}"]
-                     for name, count, right in zip(classes, images, correct))
-    atomic.write_text(path / "per_class.csv", buffer.getvalue())
+    atomic.write_csv(path / "per_class.csv", ["class", "images", "correct", "accuracy"],
+                     [{"class": name, "images": count, "correct": right,
+                       "accuracy": f"{right / max(count, 1):.4f}"}
+                      for name, count, right in zip(classes, images, correct)])
     plot_confusion(confusion, classes, path / "confusion.png",
                    title=f"{dataset} test set: {sum(images)} images")
 
 
 def write_history(path, history):
-    buffer = io.StringIO()
-    # Rows carry more than the file's columns (the evaluated image counts).
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic.write_text(path, buffer.getvalue())
+    # Rows carry more than the file's columns (the evaluated image counts): left out.
+    atomic.write_csv(path, HISTORY_COLUMNS, history)
 
 
 def final_metrics(history, best_val_accuracy):
@@ -630,14 +592,6 @@ def final_metrics(history, best_val_accuracy):
     # How many images the last evaluation counted (summed over ranks under torchrun).
     metrics.update({key: last[key] for key in ("val_images", "test_images") if key in last})
     return metrics
-
-
-def read_history(path):
-    """history.csv as a list of dicts of numbers (epoch as int)."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
-            for row in rows]
 
 
 def epoch_line(row, epochs):

@@ -1,5 +1,7 @@
 """Defaults that survive a change of batch size or budget: the peak learning rate follows
 the batch, BatchNorm statistics are re-estimated for evaluation, short runs learn."""
+import json
+
 import pytest
 import torch
 
@@ -89,4 +91,4 @@ def test_a_short_folder_run_learns_without_lr(digits, tmp_path, batch_size, epoc
                   "--batch-size", batch_size, "--epochs", epochs, "--seed", seed, "--val-size", 0,
                   "--no-progress", "--out", tmp_path / "run")
     (run,) = train_scratch.main(args)
-    assert run.metrics["test_accuracy"] > least
+    assert json.loads((run.path / "metrics.json").read_text())["test_accuracy"] > least

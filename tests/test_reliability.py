@@ -26,7 +26,7 @@ from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import evaluate
 from engine.plots import plot_curves
 from engine.sources import load_image_folder, make_synthetic
-from engine.summary import write_summary
+from engine.summary import Column, Table, write_summary
 from engine.training import use_deterministic_algorithms, write_history
 from models import build_model
 
@@ -143,7 +143,8 @@ def test_a_crash_while_writing_a_run_file_or_summary_keeps_the_previous_version(
         history = [{**row, "epoch": epoch} for epoch in range(1, epochs + 1)]
         return [lambda: write_history(tmp_path / "history.csv", history),
                 lambda: atomic.write_json(tmp_path / "metrics.json", {"epochs": epochs}),
-                lambda: write_summary(tmp_path, [{"a": epochs}], [("a", "a", None)], "title"),
+                lambda: write_summary(tmp_path, Table("title", [Column("a", "a")], [{"a": epochs}],
+                                                      [None])),
                 lambda: plot_curves(history, tmp_path / "curves.png")]
 
     for write in writers(1):

@@ -124,17 +124,19 @@ def pct(value, digits):
 
 def test_part_a_sets_each_run_beside_the_reports_87_35(results, report_text):
     table = tables(section(report_text, "Part (a)"))[0]
-    theirs = row(table, "the report")
-    assert (theirs["epochs"], theirs["train acc"], theirs["test acc"]) == ("50", "89.29%", "87.35%")
     ours, measured = row(table, "synthetic"), metrics(results / "scratch" / "synthetic")
+    # The report's training log after 50 epochs: "Acc: 89.290%", "Accuracy: 8735/10000".
+    assert (ours["report train"], ours["report test"]) == ("89.29%", "87.35%")
     assert ours["status"] == "1/1 seeds finished" and ours["epochs"] == "1/1"
     assert ours["seeds"] == "1"
     assert ours["dataset"] == "synthetic"
     for key, header in (("train_accuracy", "train acc"), ("val_accuracy", "val acc"),
                         ("test_accuracy", "test acc")):
         assert ours[header] == pct(measured[key], 2)
-    # Synthetic data is not the report's CIFAR-10: no difference, and the cell says why.
-    assert ours["test − report"] == "— (synthetic data, the report: cifar10)"
+    # Not the report's run (its data, size, epochs, width): no difference, and the cell says why.
+    assert ours["test − report"] == (
+        "— (dataset synthetic, report cifar10; training images 200, report 45,000; epochs 1, "
+        "report 50; model resnet18_cifar width 8, report resnet18_cifar width 64)")
     assert ours["run"] == "[synthetic](scratch/synthetic)"  # the folder of its seed<S>/ runs
     assert "[scratch/summary.md](scratch/summary.md)" in section(report_text, "Part (a)")
 
@@ -142,9 +144,11 @@ def test_part_a_sets_each_run_beside_the_reports_87_35(results, report_text):
 def test_part_b_sets_train_transfer_configurations_beside_ours(results, report_text):
     part = section(report_text, "Part (b)")
     table = tables(part)[0]
-    assert [next(iter(r.values())).split("](")[0].strip("[") for r in table] == list(
-        TRANSFER_CONFIGURATIONS)
-    for name, configuration in TRANSFER_CONFIGURATIONS.items():
+    # The report's four configurations, run or not; ours (pretrained-cifar-stem) once run.
+    reported = [name for name, found in TRANSFER_CONFIGURATIONS.items() if found.report]
+    assert [next(iter(r.values())).split("](")[0].strip("[") for r in table] == reported
+    for name in reported:
+        configuration = TRANSFER_CONFIGURATIONS[name]
         cells = row(table, name)
         expected = [pct(value, 1) for value in configuration.report] or ["—"] * 3
         assert [cells["report train"], cells["report val"], cells["report test"]] == expected
@@ -238,6 +242,12 @@ def test_what_the_report_does_not_state_is_said_to_be_our_choice(report_text):
     choices = section(report_text, "Our choices, not the report's")
     assert all(f"- {choice}" in choices for choice in OUR_CHOICES)
     assert "45,000" in choices and "5,000 class-balanced" in choices and "40 epochs" in choices
+    # Choices a reader could not see before: each is in the list, and the README shows it.
+    for words in ("BatchNorm in eval mode", "ImageNet's channel statistics",
+                  "pretrained-cifar-stem", "test images too", "label smoothing 0.1"):
+        assert words in choices, words
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert all(f"- {choice}" in readme for choice in OUR_CHOICES)
 
 
 def test_every_link_points_to_an_existing_file(results, report_text):
@@ -261,6 +271,10 @@ def test_rerunning_gives_the_same_report_and_leaves_no_temporary_file(results, r
 
 # --- runs that did not finish, parts not run ----------------------------------------------------
 
+def measured_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
 def copy_run(source, destination, config_changes=None, arg_changes=None):
     """A copy of the run directory source as destination/seed0, its config.json changed."""
     shutil.copytree(source, destination / "seed0")
@@ -280,12 +294,17 @@ def test_unfinished_started_and_damaged_runs_are_marked_not_compared(results, tm
     shutil.copy(source / "checkpoint.pt", started)  # interrupted in its first epoch
     damaged = copy_run(source, scratch / "damaged")
     (damaged / "metrics.json").write_text('{"epochs": 1, "train_acc')
-    # The report's dataset and the whole training set: this one is compared with 87.35%.
-    copy_run(source, scratch / "cifar", config_changes={"dataset": "cifar10"},
-             arg_changes={"subset": None, "dataset": "cifar10"})
+    # Trained as the report's run (CIFAR-10, 45,000 images, 50 epochs, full width): compared
+    # with 87.35%. The same with 15 epochs (a --quick run) is set beside it, with the reason.
+    like_the_report = {"dataset": "cifar10", "sizes": {"train": 45000, "val": 5000, "test": 10000},
+                       "model": {**config(source.parent)["model"], "width": 64}}
+    for name, epochs in (("cifar", 50), ("quick", 15)):
+        copied = copy_run(source, scratch / name, config_changes=like_the_report,
+                          arg_changes={"subset": None, "dataset": "cifar10", "epochs": epochs})
+        (copied / "metrics.json").write_text(json.dumps({**measured_metrics(source), "epochs": epochs}))
 
     text = write_report(tmp_path / "results")
-    assert "| `train_scratch.py` | 4 runs | 1 finished, 3 not finished |" in text
+    assert "| `train_scratch.py` | 5 runs | 2 finished, 3 not finished |" in text
     table = tables(section(text, "Part (a)"))[0]
     measured = metrics(source.parent)
     long = row(table, "long")
@@ -303,6 +322,8 @@ def test_unfinished_started_and_damaged_runs_are_marked_not_compared(results, tm
     assert row(table, "cifar")["status"] == "1/1 seeds finished"
     difference = 100 * (measured["test_accuracy"] - 0.8735)
     assert row(table, "cifar")["test − report"] == f"{difference:+.2f} pp"
+    assert row(table, "quick")["status"] == "1/1 seeds finished"
+    assert row(table, "quick")["test − report"] == "— (epochs 15, report 50)"
 
 
 def test_parts_without_runs_list_the_command_that_runs_them(results, tmp_path):

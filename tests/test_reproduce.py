@@ -58,12 +58,9 @@ def test_the_reports_choices_are_the_defaults():
         "classifier", "stage", "block"]
 
 
-def test_the_eta_scales_what_is_left_by_the_error_so_far(capsys):
-    planned = [reproduce.Planned(Path(f"s/{name}/seed0"), 2, 2, 10, 10, 10.0, 1.0)
-               for name in "abc"]
-    progress = reproduce.Progress(planned)
-    progress(type("Run", (), {"path": Path("s/a/seed0")})(), 20.0)  # twice the estimate
-    assert capsys.readouterr().out.strip() == "finished s/a/seed0 in 0m20s; 2 runs left, ETA 0m40s"
+def test_the_eta_scales_what_is_left_by_the_error_so_far():
+    assert reproduce.scaled_eta(spent=20.0, estimated=10.0, left=20.0) == 40.0  # twice as slow
+    assert reproduce.scaled_eta(spent=0.0, estimated=0.0, left=30.0) == 30.0  # nothing timed yet
 
 
 def test_a_cpu_step_is_extrapolated_from_two_small_batches():
@@ -93,7 +90,7 @@ def test_an_interrupted_study_continues_without_retraining(tmp_path, capsys):
     lines = []
     for line in process.stdout:  # stop it once the first run has finished
         lines.append(line)
-        if line.startswith("finished"):
+        if line.startswith("done "):  # train_all's line as a run ends
             process.send_signal(signal.SIGTERM)
             break
     process.communicate(timeout=300)
@@ -101,7 +98,6 @@ def test_an_interrupted_study_continues_without_retraining(tmp_path, capsys):
     output = "".join(lines)
     assert output.index("plan: scratch, activations") < output.index("=== scratch ===")
     assert "scratch/synthetic/seed1: 1 epochs x 200 images (+1,100 evaluated) at" in output
-    assert "1 runs left, ETA" in output
     finished = results / "scratch" / "synthetic" / "seed0" / "checkpoint.pt"
     stamp = finished.stat().st_mtime_ns
 
@@ -111,6 +107,7 @@ def test_an_interrupted_study_continues_without_retraining(tmp_path, capsys):
     assert "synthetic seed 0: finished earlier, reusing" in out
     assert "synthetic seed 1: training" in out or "synthetic seed 1: resuming" in out
     assert finished.stat().st_mtime_ns == stamp  # not retrained
+    assert "scratch took " in out and "; the parts left: ETA " in out
     report = (results / "REPORT.md").read_text()
     for title in ("## Part (a)", "## Part (d)", "scratch_synthetic_seed0"):
         assert title in report

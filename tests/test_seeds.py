@@ -6,7 +6,9 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import matplotlib.axes
 import numpy as np
 import pytest
 from scipy import stats
@@ -14,8 +16,9 @@ from scipy import stats
 import report
 import train_scratch
 from conftest import QUICK, run_script, start_script
-from engine import plots, seeds
+from engine import plots, seeds, studies
 from engine.errors import UserError
+from engine.results import RunRecord
 from engine.summary import format_mean_std, write_summary
 
 SWEEP = [*QUICK, "--subset", "200", "--val-size", "100", "--epochs", "1"]
@@ -90,50 +93,55 @@ def test_seeds_flags_are_checked(tmp_path):
 
 # --- summaries -----------------------------------------------------------------------------------
 
-RUNS = [{"arm": "none", "kind": "a", "test_accuracy": 0.90, "seconds": 2.0},
-        {"arm": "flip", "kind": "b", "test_accuracy": 0.92, "seconds": 1.0},
-        {"arm": "none", "kind": "a", "test_accuracy": 0.91, "seconds": 4.0},
-        {"arm": "flip", "kind": "b", "test_accuracy": 0.95, "seconds": 3.0},
-        {"arm": "none", "kind": "a", "test_accuracy": 0.92, "seconds": 3.0},
-        {"arm": "once", "kind": "c", "test_accuracy": 0.80, "seconds": 1.0}]
+def record(arm, seed, test_accuracy, train_seconds, epochs=1):
+    """A run folder as read back (engine.results), with its figures given."""
+    return RunRecord(arm, seed, Path("augment") / arm / f"seed{seed}",
+                     config={"args": {"arm": arm, "seed": seed, "epochs": epochs},
+                             "sizes": {"train": 200}},
+                     metrics={"epochs": epochs, "test_accuracy": test_accuracy,
+                              "train_accuracy": 1.0, "val_accuracy": 0.5,
+                              "train_seconds": train_seconds},
+                     history=[], per_class={})
 
 
-def test_rows_over_seeds_become_one_row_per_configuration_with_comparisons():
-    rows = seeds.summarise_seeds(RUNS, "arm", ("test_accuracy", "seconds"))
-    assert [(row["arm"], row["kind"], row["seeds"]) for row in rows] == [
-        ("none", "a", 3), ("flip", "b", 2), ("once", "c", 1)]
-    none = rows[0]
+RUNS = [record("none", 0, 0.90, 2.0), record("flip", 0, 0.92, 1.0), record("none", 1, 0.91, 4.0),
+        record("flip", 1, 0.95, 3.0), record("none", 2, 0.92, 3.0), record("once", 0, 0.80, 1.0)]
+
+
+def test_runs_over_seeds_become_one_row_per_configuration_with_comparisons():
+    table = studies.augment_table(RUNS)
+    rows = {row["arm"]: row for row in table.rows}
+    assert [(name, row["seeds"]) for name, row in rows.items()] == [
+        ("none", 3), ("flip", 2), ("once", 1)]  # the study's arm order, then others
+    none = rows["none"]
     assert none["test_accuracy"] == pytest.approx(0.91)
-    assert none["test_accuracy_std"] == pytest.approx(0.01)
-    assert none["seconds"] == pytest.approx(3.0) and none["seconds_std"] == pytest.approx(1.0)
-    assert rows[2]["test_accuracy_std"] is None
-    seeds.add_comparison(rows, RUNS, "arm", "none", "vs_none")
-    assert none["vs_none"] is None and none["vs_none_p"] is None  # the reference itself
-    assert rows[1]["vs_none"] == "+2.50 pp (2 seeds: too few to test, need 3)"
-    assert rows[1]["vs_none_difference"] == pytest.approx(0.025)
-    assert rows[2]["vs_none"] == "-11.00 pp (single run)"
-    seeds.add_comparison(rows, RUNS, "arm", "standard", "vs_standard")  # not run
-    assert all(row["vs_standard"] is None for row in rows)
+    assert none["test_accuracy_std"] == pytest.approx(0.01)  # sample std of .90 .91 .92
+    # seconds per epoch: 2, 4, 3 over one epoch each
+    assert none["seconds_per_epoch"] == pytest.approx(3.0)
+    assert none["seconds_per_epoch_std"] == pytest.approx(1.0)
+    assert none["test_error"] == pytest.approx(0.09)
+    assert rows["once"]["test_accuracy_std"] is None
+    assert none["vs_none"] == "—" and none["vs_none_p"] is None  # the reference itself
+    assert rows["flip"]["vs_none"] == "+2.50 pp (2 seeds: too few to test, need 3)"
+    assert rows["flip"]["vs_none_difference"] == pytest.approx(0.025)
+    assert rows["once"]["vs_none"] == "-11.00 pp (single run)"
+    assert all(row["vs_standard"] == "— (not run)" for row in rows.values())
 
 
-def test_summary_shows_mean_std_and_writes_std_and_seeds_to_csv(tmp_path):
-    rows = seeds.summarise_seeds(RUNS, "arm", ("test_accuracy", "seconds"))
-    seeds.add_comparison(rows, RUNS, "arm", "none", "vs_none")
-    columns = [("arm", "arm", None), ("seeds", "seeds", None),
-               ("test_accuracy", "test acc", "{:.2%}"), ("vs_none", "vs none", None)]
-    write_summary(tmp_path, rows, columns, "t")
+def test_summary_shows_mean_std_and_writes_std_and_seeds_to_csv(tmp_path, capsys):
+    write_summary(tmp_path, studies.augment_table(RUNS))
     markdown = (tmp_path / "summary.md").read_text()
-    assert "| none | 3 | 91.00 ± 1.00% | — |" in markdown
-    assert "| once | 1 | 80.00% ± — | -11.00 pp (single run) |" in markdown  # one seed: no std
+    none = next(line for line in markdown.splitlines() if line.startswith("| none |"))
+    assert "| 3/3 seeds finished | 3 | 1/1 | 100.00 ± 0.00% | 91.00 ± 1.00% |" in none
+    once = next(line for line in markdown.splitlines() if line.startswith("| once |"))
+    assert "| 80.00% |" in once and "-11.00 pp (single run)" in once  # one seed: no spread
+    assert f"summary: {tmp_path / 'summary.md'}" in capsys.readouterr().out
     table = read_csv(tmp_path / "summary.csv")
-    assert list(table[0]) == ["arm", "seeds", "test_accuracy", "test_accuracy_std", "vs_none",
-                              "vs_none_difference", "vs_none_p"]
+    assert list(table[0])[:8] == ["arm", "in_report", "status", "seeds", "epochs",
+                                  "train_accuracy", "train_accuracy_std", "test_accuracy"]
+    assert {"vs_none", "vs_none_difference", "vs_none_p"} <= set(table[0])
     assert float(table[0]["test_accuracy_std"]) == pytest.approx(0.01)
     assert table[2]["test_accuracy_std"] == "" and table[2]["seeds"] == "1"
-    # A table of single runs (no --seeds) shows plain figures.
-    single = seeds.summarise_seeds(RUNS[-1:], "arm", ("test_accuracy",))
-    write_summary(tmp_path, single, columns, "t")
-    assert "| once | 1 | 80.00% | — |" in (tmp_path / "summary.md").read_text()
 
 
 def test_mean_std_cells_keep_one_unit():
@@ -153,8 +161,8 @@ def test_curves_over_seeds_are_a_mean_and_a_min_max_band(tmp_path, monkeypatch):
     assert list(mean) == pytest.approx([20, 70]) and list(low) == pytest.approx([10, 50])
     assert list(high) == pytest.approx([30, 90])
     bands = []
-    original = plots.plt.Axes.fill_between
-    monkeypatch.setattr(plots.plt.Axes, "fill_between",
+    original = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
                         lambda self, *a, **k: bands.append(a) or original(self, *a, **k))
     plots.plot_runs({"three": runs, "one": runs[0]}, ["test_accuracy"], tmp_path / "c.png")
     assert len(bands) == 1  # the band of the three seeds; one seed draws a plain line
@@ -340,3 +348,25 @@ def test_the_report_neither_averages_nor_compares_seeds_trained_otherwise(sweep,
     assert "| 1/1 seeds finished | 1 |" in other
     assert "— (reference trained with other settings)" in other
     assert "a row per set of settings" in table
+
+
+def table_cells(lines, first):
+    """The cells after the name of each table row of `lines` whose name starts with `first`."""
+    return [line.split(" | ")[1:] for line in lines if line.startswith(first)]
+
+
+def test_a_studys_summary_and_its_report_section_show_the_same_numbers(sweep, tmp_path):
+    """One code path: the two-seed sweep's summary.md and REPORT.md's part (c) table agree
+    cell for cell (REPORT.md links the names), and their means are those of the seeds."""
+    results = tmp_path / "results"
+    shutil.copytree(sweep[0], results / "augment")
+    text = report.main(report.get_args_parser().parse_args(["--results", str(results)]))
+    part = text.read_text().split("## Part (c): data augmentation")[1].split("**Settings**")[0]
+    summary = (results / "augment" / "summary.md").read_text()
+    for arm in ("none", "flip"):
+        ours = table_cells(summary.splitlines(), f"| {arm} |")
+        theirs = table_cells(part.splitlines(), f"| [{arm}](augment/{arm}) |")
+        assert ours == theirs and len(ours) == 1, (ours, theirs)
+        values = [metrics(sweep[0] / arm / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
+        expected = format_mean_std(np.mean(values), np.std(values, ddof=1), "{:.2%}")
+        assert f" {expected} " in " | ".join(ours[0])
