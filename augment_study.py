@@ -92,9 +92,9 @@ def main(args):
         seed_args = run_args(args, seed)
         splits = split_data(seed_args, train, test)  # each seed draws its own subset
         runs += [make_run(arm, seed_args, splits, study) for arm in arms_to_run(args.arms)]
-    train_all(runs)
+    train_all(runs, args.shard)
     if distributed.is_main_process():
-        write_study("augment", study)
+        write_study("augment", study, planned=runs)
         # each arm on the first seed's training images
         write_gallery(list(dict.fromkeys(run.name for run in runs)), runs[0].splits,
                       study / "gallery.png", args.seed)

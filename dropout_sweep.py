@@ -85,9 +85,9 @@ def main(args):
     for seed in seeds_to_run(args):
         seed_args = run_args(args, seed)
         runs += make_runs(seed_args, args.rates, split_data(seed_args, train, test), study)
-    train_all(runs)
+    train_all(runs, args.shard)
     if distributed.is_main_process():
-        write_study("dropout", study)
+        write_study("dropout", study, planned=runs)
     return runs
 
 

@@ -12,6 +12,9 @@ continues where it stopped: finished runs are reused, an interrupted one resumed
     python reproduce.py --parts scratch activations report --seeds 0 1 2
 """
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -32,6 +35,7 @@ from engine.errors import UserError, exits_cleanly_on_user_error
 from engine.report import REPORT_NAME
 from engine.results import read_run
 from engine.seeds import seeds_to_run
+from engine.shards import Shard, deal, locked, shard
 from engine.studies import PARTS as STUDY_PARTS
 from engine.sources import SOURCES, load_source
 from engine.training import BATCHNORM_IMAGES, format_seconds, validation_size
@@ -84,6 +88,23 @@ def get_args_parser():
     shared.add_argument("--weights", help="part (b)'s pretrained weights: imagenet or PATH")
     for flag in ("--compile", "--deterministic", "--no-progress"):
         shared.add_argument(flag, action="store_true")
+    spread = parser.add_argument_group(
+        "many GPUs or machines: each run on one GPU (README: Many GPUs, many machines)")
+    spread.add_argument("--shard", type=shard, metavar="K/N",
+                        help="run only this process's share: the study's runs in plan order, run "
+                             "i to shard i mod N; a run another process holds is skipped; each "
+                             "shard rewrites the summaries and REPORT.md as it ends")
+    spread.add_argument("--local-gpus", type=positive_int, metavar="N",
+                        help="N shards at once on this machine, shard k on GPU k "
+                             "(CUDA_VISIBLE_DEVICES), logs in RESULTS/shards/")
+    spread.add_argument("--slurm", metavar="PARTITION",
+                        help="submit the study to Slurm as one job array of --jobs shards "
+                             "through submitit (pip install submitit); rerun to continue it")
+    spread.add_argument("--jobs", type=positive_int, default=8, help="shards for --slurm")
+    spread.add_argument("--gpus-per-job", type=positive_int, default=1,
+                        help="GPUs per --slurm job (more only with torchrun inside)")
+    spread.add_argument("--timeout", type=positive_int, default=24 * 60, metavar="MIN",
+                        help="time limit of each --slurm job in minutes")
     return parser
 
 
@@ -228,6 +249,17 @@ def speed(key, name, args):
                  for seconds in (train, evaluate))
 
 
+def share(plans, shard):
+    """Each part's plan cut to this shard, the parts dealt as one plan (engine.shards):
+    {key: (argv with --shard, parsed args, this shard's runs)}."""
+    shared, offset = {}, 0
+    for key, (argv, part, planned) in plans.items():
+        own = shard.shifted(offset)
+        part.shard, offset = own, offset + len(planned)
+        shared[key] = ([*argv, "--shard", str(own)], part, deal(planned, own))
+    return shared
+
+
 def plan_part(key, args):
     """Every run of a part: what it trains and how long its epochs left should take."""
     train, evaluated = images(args)
@@ -259,7 +291,8 @@ def activation_targets(args, results):
 
 def print_plan(plans, targets, args, results):
     device = resolve_device(args.device or "auto")
-    print(f"plan{' (--quick)' if args.quick else ''}: {', '.join(args.parts)} -> {results}/ "
+    print(f"plan{' (--quick)' if args.quick else ''}"
+          f"{f' (shard {args.shard})' if args.shard else ''}: {', '.join(args.parts)} -> {results}/ "
           f"on {device}; times estimated from each model's speed measured now "
           f"({TIMED_STEPS} timed steps; model compute only, not augmentation or data handling)")
     total = 0.0
@@ -288,9 +321,12 @@ def scaled_eta(spent, estimated, left):
     return left * (spent / estimated if estimated else 1.0)
 
 
-def draw(run, out):
+def draw(run, out, sharded):
     if (out / "predictions.json").is_file():
         print(f"activations: {out} finished earlier, reusing")
+        return
+    if sharded and not read_run(run).finished:  # another shard's run: its own end draws it
+        print(f"activations: {run} is not finished yet: drawn by the shard that finishes it")
         return
     parser = visualize_activations.get_args_parser()
     visualize_activations.main(parser.parse_args(["--run", str(run), "--out", str(out),
@@ -304,9 +340,13 @@ def main(args):
     targets = activation_targets(args, results) if "activations" in args.parts else []
     plans = {key: (argv, parse(key, argv)) for key, argv in argvs.items()}
     plans = {key: (argv, part, plan_part(key, part)) for key, (argv, part) in plans.items()}
+    if args.shard:
+        plans = share(plans, args.shard)
     print_plan(plans, targets, args, results)
     if args.dry_run:
         return plans
+    if args.local_gpus or args.slurm:
+        return (run_local_shards if args.local_gpus else submit_to_slurm)(args, results)
     spent = estimated = 0.0
     left = sum(run.seconds for *_, planned in plans.values() for run in planned)
     for key, (_, part, planned) in plans.items():
@@ -317,10 +357,75 @@ def main(args):
         print(f"{key} took {format_seconds(took)}; the parts left: ETA "
               f"{format_seconds(scaled_eta(spent, estimated, left))}")
     for run, out in targets:
-        draw(run, out)
+        with locked(out) as holder:
+            print(f"activations: {out} is being drawn by {holder}") if holder else draw(
+                run, out, sharded=args.shard is not None)
     if "report" in args.parts:
-        report.main(report.get_args_parser().parse_args(["--results", str(results)]))
+        with locked(results, wait=True):  # shards ending together: the last one reads every run
+            report.main(report.get_args_parser().parse_args(["--results", str(results)]))
     return plans
+
+
+# --- shards at once ----------------------------------------------------------------------------
+
+def command_line(args, **changes):
+    """The flags that give `args` (with `changes`) to this parser: a shard's command line."""
+    values, argv = {**vars(args), **changes}, []
+    for action in get_args_parser()._actions:
+        value = values.get(action.dest)
+        if not action.option_strings or value in (None, False) or value == action.default:
+            continue
+        argv += [action.option_strings[0]] + (
+            [] if value is True else list(map(str, value)) if isinstance(value, list) else [str(value)])
+    return argv
+
+
+def shard_argv(args, index, count):
+    return command_line(args, local_gpus=None, slurm=None, shard=Shard(index, count))
+
+
+def run_local_shards(args, results):
+    """args.local_gpus shards as processes at once, shard k on GPU k; waits for them all."""
+    logs = results / "shards"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for index in range(args.local_gpus):
+        log = logs / f"shard{index}.log"
+        print(f"shard {index}/{args.local_gpus} on GPU {index}: log {log}")
+        with open(log, "w") as handle:
+            processes.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), *shard_argv(args, index, args.local_gpus)],
+                stdout=handle, stderr=subprocess.STDOUT,
+                env={**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}))
+    failed = [index for index, process in enumerate(processes) if process.wait() != 0]
+    if failed:
+        raise UserError(f"shards {', '.join(map(str, failed))} failed: see {logs}/shard<k>.log, "
+                        f"then rerun the same command (finished runs are reused)")
+    print(f"all {args.local_gpus} shards finished: {results / REPORT_NAME}")
+
+
+def run_shard(argv):
+    """One Slurm job's work: this command line's shard (submitit pickles the call)."""
+    return main(get_args_parser().parse_args(argv)) is not None
+
+
+def submit_to_slurm(args, results, cluster="slurm"):
+    """The study as one job array of args.jobs shards, through submitit (cluster "local" or
+    "debug" runs the same jobs on this machine). Prints the job ids and how to follow them."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--slurm needs the submitit package: pip install submitit") from None
+    executor = submitit.AutoExecutor(folder=results / "slurm" / "%j", cluster=cluster)
+    executor.update_parameters(timeout_min=args.timeout, gpus_per_node=args.gpus_per_job,
+                               tasks_per_node=1, name="reproduce",
+                               slurm_partition=args.slurm, slurm_array_parallelism=args.jobs)
+    jobs = executor.map_array(run_shard, [shard_argv(args, index, args.jobs)
+                                          for index in range(args.jobs)])
+    print(f"submitted {len(jobs)} jobs: {' '.join(job.job_id for job in jobs)}")
+    print(f"follow them with: squeue -j {jobs[0].job_id.split('_')[0]}; logs in "
+          f"{results / 'slurm'}/<job id>/; rerun this command to continue the study")
+    return jobs
 
 
 if __name__ == "__main__":

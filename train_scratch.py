@@ -49,9 +49,9 @@ def main(args):
                 "dropout": args.dropout, "dropout_at": list(args.dropout_at)}
         runs.append(Run(args.dataset, seed_args, study, spec, split_data(seed_args, train, test),
                         train_augment=CropFlip()))
-    train_all(runs)
+    train_all(runs, args.shard)
     if distributed.is_main_process():
-        write_study("scratch", study)
+        write_study("scratch", study, planned=runs)
     return runs
 
 

@@ -92,9 +92,9 @@ def main(args):
         seed_args = run_args(args, seed)
         splits = split_data(seed_args, train, test)
         runs += [make_run(name, seed_args, splits, study) for name in args.configs]
-    train_all(runs)
+    train_all(runs, args.shard)
     if distributed.is_main_process():
-        write_study("transfer", study)
+        write_study("transfer", study, planned=runs)
     return runs
 
 

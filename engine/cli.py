@@ -4,6 +4,7 @@ import math
 import sys
 
 from engine.device import PRECISIONS
+from engine.shards import shard
 from engine.sources import SOURCES
 
 
@@ -164,6 +165,13 @@ def add_common_args(parser, *, epochs, batch_size, lr, lr_reference_batch, weigh
     system.add_argument("--log-every", type=positive_float, default=30.0, metavar="SECONDS",
                         help="without a terminal: a progress line (step, img/s, run ETA) "
                              "this often")
+
+    system.add_argument("--shard", type=shard, default=None, metavar="K/N",
+                        help="train only this process's share of the study's runs: run i goes "
+                             "to shard i mod N, so N processes (K = 0..N-1) cover it once; a run "
+                             "another process is training (its folder is locked) is skipped "
+                             "with a line naming that process; the summary is rewritten from "
+                             "the run folders as each shard ends")
 
     run = parser.add_argument_group("run directory")
     run.add_argument("--out", default=None, metavar="DIR", help=out)

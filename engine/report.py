@@ -13,7 +13,7 @@ from engine.configurations import OUR_CHOICES, REPORT_ARMS, TRANSFER, TRANSFER_C
 from engine.errors import UserError
 from engine.results import find_runs, read_json
 from engine.seeds import is_number
-from engine.studies import PARTS, STUDIES, TABLES, write_study
+from engine.studies import PARTS, STUDIES, study_table, write_study
 from engine.summary import format_cell, table
 from engine.training import format_seconds
 
@@ -184,7 +184,7 @@ def study_section(key, runs, results_dir):
     """A training part: its study's table (shown without runs where it has the report's
     rows), its notes, settings and plots."""
     lines = [INTROS[key], ""] + ([] if runs else not_run_lines(key, results_dir))
-    found = TABLES[key](runs)
+    found = study_table(key, results_dir / key, runs)
     if not found.rows:
         return lines
     groups = [group for group in found.groups if group is not None]

@@ -21,7 +21,7 @@ RESUME_FREE = frozenset({"resume", "overwrite", "no_progress", "log_every", "ten
                          "lr_reference_batch", "lr_rule"})
 # Settings that choose a study's runs rather than describe one: a run's own settings leave
 # them out (adding a seed or an arm keeps finished runs valid).
-STUDY_ARGS = frozenset({"seeds", "out", "configs", "arms", "rates"})
+STUDY_ARGS = frozenset({"seeds", "out", "configs", "arms", "rates", "shard"})
 # A run's own settings that name its configuration within a study: configurations set against
 # each other differ in them by design.
 CONFIGURATION_ARGS = frozenset({"config", "arm", "dropout", "dropout_at"})

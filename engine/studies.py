@@ -4,12 +4,13 @@ from the same code); the study's comparison plots; and whether a run may stand b
 the original report's figures."""
 from pathlib import Path
 
-from engine import plots
+from engine import atomic, plots
 from engine.augment import ARMS, CropFlip
 from engine.configurations import (REPORT_ARMS, REPORT_DATASET, REPORT_SCRATCH,
                                    REPORT_TRANSFER_EPOCHS, TRANSFER, TRANSFER_COMPARISONS)
-from engine.results import CONFIGURATION_ARGS, find_runs, group_runs
+from engine.results import CONFIGURATION_ARGS, find_runs, group_runs, read_json
 from engine.seeds import ALPHA, MIN_SEEDS_TO_TEST, compare, in_points, spread
+from engine.shards import locked
 from engine.summary import Column, Table, points, write_summary
 from models import build_model
 from models.transfer import count_parameters
@@ -23,6 +24,7 @@ PARTS = {
     "activations": ("Part (d): activations", "visualize_activations.py"),
 }
 STUDIES = ("scratch", "transfer", "augment", "dropout")  # the parts that train runs
+PLAN_FILE = "plan.json"  # the runs a study's latest command planned, in its folder
 
 # What a run must be to stand beside the report's figure: the report's run, or our stated
 # choice where it is silent (configurations.OUR_CHOICES): 45,000 training images (5,000 held
@@ -383,12 +385,37 @@ def dropout_plots(table, study_dir):
 PLOTS = {"transfer": transfer_plots, "augment": augment_plots, "dropout": dropout_plots}
 
 
-def write_study(part, study_dir):
-    """The study's summary.csv, summary.md and comparison plots, from its run folders (whoever
-    calls it: the part's script when its runs are done, or report.py)."""
+def progress_note(study_dir, runs):
+    """'3 of 4 planned runs finished; not yet: flip/seed1', against the plan of the study's
+    latest command (plan.json); none where every planned run finished."""
+    plan, _ = read_json(Path(study_dir) / PLAN_FILE, "runs")
+    finished = {run.label for run in runs if run.finished}
+    waiting = [label for label in plan.get("runs", []) if label not in finished]
+    if not waiting:
+        return []
+    return [f"{len(plan['runs']) - len(waiting)} of {len(plan['runs'])} planned runs finished; "
+            f"not yet: {', '.join(waiting)} (the latest command's plan, {PLAN_FILE})."]
+
+
+def study_table(part, study_dir, runs=None):
+    """The part's table of the runs in study_dir, with how far its latest plan has come."""
+    runs = find_runs(study_dir) if runs is None else runs
+    table = TABLES[part](runs)
+    table.notes[:0] = progress_note(study_dir, runs)
+    return table
+
+
+def write_study(part, study_dir, planned=()):
+    """The study's summary.csv, summary.md and comparison plots, from its run folders, and
+    plan.json from the runs `planned` (whoever calls it: each shard of the part's script as it
+    ends, or report.py). Under the study's lock: of shards ending together, the last reads all."""
     study_dir = Path(study_dir)
-    table = TABLES[part](find_runs(study_dir))
-    if part in PLOTS:
-        PLOTS[part](table, study_dir)
-    write_summary(study_dir, table)
+    with locked(study_dir, wait=True):
+        if planned:
+            atomic.write_json(study_dir / PLAN_FILE, {"runs": [
+                f"{run.name}/seed{run.args.seed}" for run in planned]})
+        table = study_table(part, study_dir)
+        if part in PLOTS:
+            PLOTS[part](table, study_dir)
+        write_summary(study_dir, table)
     return table

@@ -2,6 +2,7 @@
 seed<S>/: a finished one reused, an interrupted one resumed, a new one trained. Under torchrun
 every rank runs this code; rank 0 decides, writes and prints."""
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 import torch
 import torchvision
 
-from engine import atomic, distributed
+from engine import atomic, distributed, shards
 from engine import checkpoint as ckpt
 from engine.augment import Compose
 from engine.cli import describe_lr, show_progress
@@ -28,6 +29,7 @@ from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_op
 from engine.plots import plot_confusion, plot_curves
 from engine.pretrained import model_from_spec
 from engine.results import RESUME_FREE, RUN_FILES, STUDY_ARGS, holds_run, read_run
+from engine.shards import deal
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
 
@@ -98,7 +100,7 @@ class Run:
     normalization: Optional[tuple] = None      # (mean, std); default: the training split's
     image_size: Optional[int] = None           # model input size if not the stored one
     extra_config: dict = field(default_factory=dict)
-    seconds: Optional[float] = None  # how long this command took to reuse, resume or train it
+    seconds: float = 0.0  # how long this command took to reuse, resume or train it (0: not yet)
 
     @property
     def path(self):
@@ -204,7 +206,7 @@ def augmentation(run):
     return repr(transform) if transform else "none"
 
 
-def startup_block(runs, actions):
+def startup_block(runs, actions, shard=None):
     """What is about to happen: device, data, schedule, lr, output, and each run's plan."""
     args, splits = runs[0].args, runs[0].splits
     device = training_device(args)
@@ -220,8 +222,8 @@ def startup_block(runs, actions):
              f"{describe_lr(vars(args))}",
              f"augment   {augments.pop() if len(augments) == 1 else 'per run, below'}",
              f"output    {runs[0].study}",
-             f"runs      {len(runs)}: " + ", ".join(f"{actions.count(action)} {action}"
-                                                  for action in dict.fromkeys(actions))]
+             f"runs      {len(runs)}" + (f" (shard {shard})" if shard else "") + ": "
+             + ", ".join(f"{actions.count(action)} {action}" for action in dict.fromkeys(actions))]
     lines += [f"  [{number}/{len(runs)}] {run.name} seed {run.args.seed}: {action}"
               + (f" ({augmentation(run)})" if len(augments) > 1 else "")
               for number, (run, action) in enumerate(zip(runs, actions), 1)]
@@ -239,22 +241,45 @@ def train(run, action, header="", note=""):
     return run
 
 
-def train_all(runs):
-    """Every run in order; every plan is made (any refusal raised) before the first trains."""
+def train_all(runs, shard=None):
+    """Every run in order, or this --shard's share of them; every plan is made (any refusal
+    raised) before the first trains. A run another process holds is skipped (seconds 0)."""
     check_unique(runs)
+    planned, runs = len(runs), deal(runs, shard)
+    if not runs:
+        print_on_main(f"shard {shard}: none of the study's {planned} runs is this process's")
+        return runs
     actions = distributed.on_main(lambda: [plan(run) for run in runs])
     if runs[0].args.resume and set(actions) == {"train"}:
         raise UserError(f"--resume: no run to continue in {runs[0].study} (no checkpoint.pt "
                         f"there): drop --resume to start, or point --out at the study to continue")
-    print_on_main(startup_block(runs, actions))
+    print_on_main(startup_block(runs, actions, shard))
     started, trained = time.perf_counter(), 0  # runs trained or resumed so far
     for number, (run, action) in enumerate(zip(runs, actions), 1):
         left = sum(later != "reuse" for later in actions[number - 1:])
         eta = (time.perf_counter() - started) / trained * left if trained else float("nan")
-        train(run, action, f"[{number}/{len(runs)}] ",
-              f" (study ETA {format_seconds(eta)})" if trained and action != "reuse" else "")
+        header = f"[{number}/{len(runs)}] "
+        with claimed(run) as holder:
+            if holder:
+                print_on_main(f"{header}{run.name} seed {run.args.seed}: skipped, {holder} is "
+                              f"training it ({run.path} is locked)")
+                run.seconds = 0.0
+                continue
+            # Planned again under the lock: another process may have finished it meanwhile.
+            action = distributed.on_main(lambda: plan(run))
+            train(run, action, header,
+                  f" (study ETA {format_seconds(eta)})" if trained and action != "reuse" else "")
         trained += action != "reuse"
     return runs
+
+
+@contextlib.contextmanager
+def claimed(run):
+    """Run's folder locked by rank 0 while the block runs (engine.shards.locked); yields who
+    holds it instead where another process does, on every rank."""
+    main = distributed.is_main_process()
+    with shards.locked(run.path) if main else contextlib.nullcontext() as holder:
+        yield distributed.broadcast_from_main(holder)
 
 
 # --- one run's training ----------------------------------------------------------------------
