@@ -298,7 +298,8 @@ def environment(device):
         properties = torch.cuda.get_device_properties(device)
         figures.update(device_name=properties.name, gpus=torch.cuda.device_count(),
                        memory_gib=properties.total_memory / 2 ** 30,
-                       bf16=torch.cuda.is_bf16_supported(), cuda=torch.version.cuda,
+                       bf16=torch.cuda.is_bf16_supported(including_emulation=False),
+                       cuda=torch.version.cuda, archs=torch.cuda.get_arch_list(),
                        cudnn=torch.backends.cudnn.version())
     return figures
 

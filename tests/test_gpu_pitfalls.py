@@ -3,6 +3,7 @@ checkpoints resumed with fewer GPUs, another precision or another device, and ho
 ranks of a torchrun agree to stop. tests/test_cuda.py checks the rest on a GPU."""
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 import engine.signals
 from conftest import QUICK, run_script
 from engine import checkpoint as ckpt
+from engine.device import resolve_device, resolve_precision
+from engine.errors import UserError
 from engine.loader import Normalizer
 from engine.loop import load_optimizer_state, make_optimizer
 
@@ -115,10 +118,42 @@ def test_upsampling_skips_antialiasing_which_changes_nothing_but_the_speed():
 
 def test_cuda_n_becomes_the_current_device(monkeypatch):
     """Otherwise bf16 support is asked of GPU 0, and GPU 0 gets a context and stray allocations."""
-    from engine.device import resolve_device
     chosen = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    a_gpu(monkeypatch, (9, 0))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert chosen == [torch.device("cuda", 1)]
+
+
+def a_gpu(monkeypatch, capability, name="a GPU"):
+    """torch.cuda's queries answering as one GPU of this compute capability would, with bf16
+    emulated below 8.0 as torch 2.14's is_bf16_supported finds it (a bf16 tensor works)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list",
+                        lambda: ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"])
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 5), "fp16"), ((8, 0), "bf16"),
+                                                   ((8, 9), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, capability,
+                                                                         precision):
+    """A T4 (7.5) emulates bf16 (is_bf16_supported() says True): slow, and not compiled."""
+    a_gpu(monkeypatch, capability)
+    assert resolve_precision("auto", resolve_device("cuda")) == precision
+
+
+def test_a_gpu_the_installed_torch_has_no_kernels_for_is_refused_in_one_line(monkeypatch):
+    a_gpu(monkeypatch, (7, 0), name="Tesla V100-SXM2-16GB")
+    with pytest.raises(UserError) as refused:
+        resolve_device("auto")
+    message = str(refused.value)
+    assert "\n" not in message and "Tesla V100-SXM2-16GB" in message and "7.0" in message
+    assert "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120" in message
