@@ -157,3 +157,18 @@ def test_a_gpu_the_installed_torch_has_no_kernels_for_is_refused_in_one_line(mon
     message = str(refused.value)
     assert "\n" not in message and "Tesla V100-SXM2-16GB" in message and "7.0" in message
     assert "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120" in message
+
+
+def test_checkpoints_hold_and_restore_the_mps_generator_state(monkeypatch):
+    """Dropout on Apple MPS draws from the MPS generator: a resumed run is exact only with it."""
+    generator = {"state": torch.arange(8, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": generator["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state",
+                        lambda state, device="mps": generator.update(state=state.clone()))
+    states = ckpt.rng_states(torch.device("mps"))
+    assert torch.equal(states["mps"], torch.arange(8, dtype=torch.uint8))
+    generator["state"] = torch.zeros(8, dtype=torch.uint8)  # training went on
+    ckpt.restore_rng_states(states, torch.device("mps"))
+    assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))
+    ckpt.restore_rng_states({"torch": states["torch"]}, torch.device("mps"))  # an older checkpoint
+    assert "mps" not in ckpt.rng_states(torch.device("cpu"))
