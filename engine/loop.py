@@ -203,9 +203,9 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += count_correct(logits, targets)
-        if num_classes:
-            confusion += torch.bincount(targets * num_classes + logits.argmax(dim=1),
-                                        minlength=num_classes ** 2)
+        if num_classes:  # not bincount: on CUDA it reads the indices' min and max on the host
+            cells = targets * num_classes + logits.argmax(dim=1)
+            confusion.scatter_add_(0, cells, torch.ones_like(cells))
         seen += len(inputs)
     loss_sum, correct, seen, *counts = over_ranks(loss_sum.item(), correct.item(), seen,
                                                   *confusion.tolist())
@@ -224,9 +224,12 @@ def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average: every batch weighted alike
     steps = -(-images // loader.batch_size)  # loader.batch_size is the global batch
-    for inputs, _ in itertools.islice(loader, steps if layers else 0):
+    for step, (inputs, _) in enumerate(itertools.islice(loader, steps if layers else 0)):
+        for layer in layers:
+            # A cumulative average, every batch weighted alike, as momentum=None gives, but
+            # without its float(num_batches_tracked): a host sync per layer and batch.
+            layer.momentum = 1.0 / (step + 1)
         with autocast(device, precision):
             model(inputs)
     for layer, momentum in zip(layers, momenta):

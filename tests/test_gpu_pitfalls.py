@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine.signals
 from conftest import QUICK, run_script
@@ -15,7 +16,8 @@ from engine import checkpoint as ckpt
 from engine.device import resolve_device, resolve_precision
 from engine.errors import UserError
 from engine.loader import Normalizer
-from engine.loop import load_optimizer_state, make_optimizer
+from engine.loop import (evaluate, load_optimizer_state, make_optimizer,
+                         recompute_batchnorm_statistics)
 
 
 def train_with_an_overflow_first(fused, steps=4):
@@ -172,3 +174,46 @@ def test_checkpoints_hold_and_restore_the_mps_generator_state(monkeypatch):
     assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))
     ckpt.restore_rng_states({"torch": states["torch"]}, torch.device("mps"))  # an older checkpoint
     assert "mps" not in ckpt.rng_states(torch.device("cpu"))
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that wait for a GPU to copy values to the host: .item() and kin
+    (_local_scalar_dense), and bincount, whose CUDA kernel reads its input's min and max."""
+    WAITING = {"_local_scalar_dense", "bincount", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ in self.WAITING
+        return func(*args, **(kwargs or {}))
+
+
+class Batches(list):
+    batch_size = 8
+
+
+def test_evaluation_and_batchnorm_re_estimation_wait_for_the_gpu_once_not_per_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    cpu = torch.device("cpu")
+    reads = []
+    for count in (2, 5):
+        batches = Batches((torch.randn(8, 3, 6, 6), torch.arange(8) % 3) for _ in range(count))
+        with HostReads() as re_estimation:
+            recompute_batchnorm_statistics(model, batches, device=cpu, precision="fp32",
+                                           images=8 * count)
+        with HostReads() as evaluation:
+            result = evaluate(model, batches, device=cpu, precision="fp32", num_classes=3)
+        reads.append((evaluation.count, re_estimation.count))
+        with torch.no_grad():
+            predicted = torch.cat([model(inputs).argmax(1) for inputs, _ in batches])
+        targets = torch.cat([targets for _, targets in batches])
+        expected = torch.zeros(3, 3, dtype=torch.int64)
+        for true, guess in zip(targets.tolist(), predicted.tolist()):
+            expected[true, guess] += 1
+        assert torch.equal(result["confusion"], expected)
+    assert reads[0] == reads[1] and reads[0][1] == 0
