@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from engine.device import autocast
-from engine.distributed import over_ranks
+from engine.distributed import mean_over_ranks, over_ranks
 
 
 def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, fused=False):
@@ -216,7 +216,9 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
 @torch.no_grad()
 def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
     """Re-estimate training-mode BatchNorms' statistics at the current weights over `images`
-    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept."""
+    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept.
+    Under torchrun each rank measures its share of every batch and the ranks' statistics are
+    averaged: `images` in all."""
     model.train()
     layers = [module for module in model.modules()
               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
@@ -232,5 +234,7 @@ def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
             layer.momentum = 1.0 / (step + 1)
         with autocast(device, precision):
             model(inputs)
+    mean_over_ranks([statistic for layer in layers
+                     for statistic in (layer.running_mean, layer.running_var)])
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
