@@ -18,6 +18,7 @@ from engine.errors import UserError
 from engine.loader import Normalizer
 from engine.loop import (evaluate, load_optimizer_state, make_optimizer,
                          recompute_batchnorm_statistics)
+from engine.training import evaluation_batch
 
 
 def train_with_an_overflow_first(fused, steps=4):
@@ -217,3 +218,12 @@ def test_evaluation_and_batchnorm_re_estimation_wait_for_the_gpu_once_not_per_ba
             expected[true, guess] += 1
         assert torch.equal(result["confusion"], expected)
     assert reads[0] == reads[1] and reads[0][1] == 0
+
+
+@pytest.mark.parametrize("batch, size, expected", [(512, 32, 1024), (2048, 32, 2048),
+                                                   (128, 64, 256), (256, 224, 256), (32, 224, 32)])
+def test_the_evaluation_batch_keeps_its_pixels_as_the_image_size_grows(batch, size, expected):
+    """1,024 images at 224 px held ~20 GB in the CIFAR-stem network's evaluation, whatever
+    --batch-size: more than a T4, L4 or A10 has."""
+    assert evaluation_batch(batch, size, torch.device("cuda")) == expected
+    assert evaluation_batch(batch, size, torch.device("cpu")) == batch
