@@ -28,7 +28,6 @@ import collections
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torchvision.transforms.v2 as T
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine import atomic, augment
+from engine import atomic, augment, timing
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -102,13 +101,6 @@ BASELINES = {
 }
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -121,11 +113,9 @@ def seconds_per_call(runs, repeats, device, clock=time.perf_counter):
     times = [[] for _ in runs]
     for repeat in range(repeats + 1):
         for run, run_times in zip(runs, times):
-            start = clock()
-            run()
-            synchronize(device)
+            seconds = timing.seconds(run, device, clock)
             if repeat > 0:  # the first round is the warm-up
-                run_times.append(clock() - start)
+                run_times.append(seconds)
     return [min(run_times) for run_times in times]
 
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 import torch
 import torchvision
 
-from engine import augment
+from engine import augment, timing
 from engine.atomic import write_json
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.loader import DeviceLoader, Normalizer, channel_stats
@@ -63,21 +63,9 @@ def run(command, cwd, timeout, env=None):
     return result, time.perf_counter() - started
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds_per_call(function, device, repeats):
     """Median wall time of one call, the device synchronised around each."""
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timing.seconds(function, device) for _ in range(repeats))
 
 
 # --- the steps: each takes the check's context and returns its figures ---------------------

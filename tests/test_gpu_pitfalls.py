@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine.signals
 from conftest import QUICK, run_script
-from engine import checkpoint as ckpt
+from engine import checkpoint as ckpt, timing
 from engine.device import resolve_device, resolve_precision
 from engine.errors import UserError
 from engine.loader import Normalizer
@@ -227,3 +227,14 @@ def test_the_evaluation_batch_keeps_its_pixels_as_the_image_size_grows(batch, si
     --batch-size: more than a T4, L4 or A10 has."""
     assert evaluation_batch(batch, size, torch.device("cuda")) == expected
     assert evaluation_batch(batch, size, torch.device("cpu")) == batch
+
+
+def test_the_one_timer_waits_for_the_device_before_starting_and_before_stopping(monkeypatch):
+    """reproduce.py and every benchmark time with engine.timing.seconds: without the first
+    wait a measurement includes work queued before it, without the second it misses its own."""
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    clock = iter([10.0, 12.5])
+    seconds = timing.seconds(lambda: events.append("work"), torch.device("cuda"),
+                             clock=lambda: events.append("clock") or next(clock))
+    assert seconds == 2.5 and events == ["sync", "clock", "work", "sync", "clock"]
