@@ -76,19 +76,20 @@ def time_limit(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def stop_group(process, grace=10):
-    """SIGTERM to the process's group, then SIGKILL: torchrun's agent, told first, takes down
-    its workers, which it starts in sessions of their own (a SIGKILL to it alone leaves them
-    holding the GPU)."""
+def stop_group(process, grace=35):
+    """SIGTERM to the process's group, then SIGKILL to what is left of it: torchrun's agent,
+    told first, stops its workers, which it starts in sessions of their own (a SIGKILL to it
+    alone leaves them holding the GPU), and SIGKILLs them itself 30 s later."""
     for sent in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sent)
+        except ProcessLookupError:  # the group has gone
+            break
+        try:
             process.wait(timeout=grace)
-            return
-        except ProcessLookupError:
-            return
         except subprocess.TimeoutExpired:
-            continue
+            pass
+    process.wait()
 
 
 def run(command, cwd, env=None):
