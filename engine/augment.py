@@ -204,8 +204,8 @@ def _blend_step(levels, ratios, gray_weights, mean_weights, integer, bound):
 
 
 def _jitter_slots(order, with_hue):
-    """(B, S) codes per image and slot: each image's steps in its order, shifted so that its
-    hue step falls in the middle slot (n - 1 of 2n - 1), None-padded (IDENTITY): hue is then
+    """(B, S) codes per image and slot: each image's n steps in its order, shifted so that its
+    hue step falls in the middle slot (n - 1 of 2n - 1), the other slots IDENTITY: hue is then
     computed once for the batch, not at every step. Without hue, the order as it is."""
     if not with_hue:
         return order
@@ -220,7 +220,7 @@ def _jitter_slots(order, with_hue):
 def apply_color_jitter(images, order, brightness=None, contrast=None, saturation=None, hue=None):
     """Image i gets adjustment order[i, k] (a code) at step k, each with image i's factor; a
     None factor leaves it as is. Brightness, contrast and saturation are one blend kernel
-    chain per step for the whole batch, hue one pass (_jitter_slots)."""
+    chain per slot for the whole batch, hue one pass (_jitter_slots)."""
     integer, bound = not images.is_floating_point(), _max_value(images.dtype)
     levels = _as_float(images)
     ones = torch.ones(len(images), device=images.device, dtype=levels.dtype)
@@ -228,7 +228,8 @@ def apply_color_jitter(images, order, brightness=None, contrast=None, saturation
                          for factor in (brightness, contrast, saturation)] + [ones, ones], dim=1)
     codes = _jitter_slots(order, hue is not None)
     ratios = table.gather(1, codes)
-    gray_weights, mean_weights = ((codes == code) * (1.0 - ratios) for code in (SATURATION, CONTRAST))
+    gray_weights, mean_weights = ((codes == code) * (1.0 - ratios)
+                                  for code in (SATURATION, CONTRAST))
     middle = codes.shape[1] // 2
     for slot in range(codes.shape[1]):
         adjusted = _blend_step(levels, *(_per_image(values[:, slot]) for values in
