@@ -42,6 +42,7 @@ from engine import augment, timing
 from engine.atomic import write_json
 from engine.configurations import RECIPES
 from engine.device import grad_scaler, resolve_device, resolve_precision
+from engine.errors import exits_cleanly_on_user_error
 from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import make_optimizer, make_scheduler, train_one_epoch
 from engine.pretrained import model_from_spec
@@ -408,6 +409,7 @@ def get_args_parser():
     return parser
 
 
+@exits_cleanly_on_user_error  # a GPU without kernels in this torch: one line, exit 2
 def main(args):
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as temporary:
         workdir = args.workdir or Path(temporary)
