@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,6 +27,7 @@ import report
 import train_scratch
 import train_transfer
 import visualize_activations
+from engine import timing
 from engine.cli import Parser, nonnegative_int, positive_int
 from engine.configurations import TRANSFER
 from engine.device import PRECISIONS, autocast, resolve_device, resolve_precision
@@ -180,19 +180,9 @@ class Planned:
     speed: float         # its model's training images/s measured here
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds_per_step(step, device):
     step()  # warm-up: allocations, cuDNN's choice of algorithms
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(TIMED_STEPS):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - started) / TIMED_STEPS
+    return timing.seconds(lambda: [step() for _ in range(TIMED_STEPS)], device) / TIMED_STEPS
 
 
 @cache

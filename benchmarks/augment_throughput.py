@@ -10,20 +10,24 @@ per-image runs taking turns.
     python -m benchmarks.augment_throughput [--device cpu] [--batch-size 512] [--repeats 5]
                                             [--threads N] [--clock wall|cpu]
                                             [--json results/augment_throughput.json]
+    python -m benchmarks.augment_throughput --ops-only --batch-size 128   # aten ops per arm
+
+The "aten ops" column counts the non-view aten ops one call dispatches (OpCounter), about
+the kernels it launches on a GPU: at the study's batch of 128 a GPU step is bound by launches.
 
 "< 10x" marks an op under the old CPU target (retired: what counts now is the share of a GPU
 training step, benchmarks/README.md). Measured 2026-12-01 with --threads 1 --clock cpu on the
 project's 2-core CPU machine at load average 7 (runs vary by up to 2x), after the CPU-only
 tricks left engine/augment.py: crop+flip, resize, centre crop, blur, Cutout, random erasing,
 CutMix 10-27x; MixUp 10x; rotation 5x and random resized crop 4x (grid_sample); flip 4x;
-Gaussian noise 4x (both sides draw the same normals); colour jitter 2.6x (hue's ~20 kernels
-run at each of the four steps). With 2 threads and wall time, ms-long ops lose most.
+Gaussian noise 4x (both sides draw the same normals); colour jitter 2.6x (then hue's ~20 kernels
+ran at each of the four steps; now once). With 2 threads and wall time, ms-long ops lose most.
 """
 import argparse
+import collections
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +36,9 @@ import torch
 import torchvision
 import torchvision.transforms.v2 as T
 
-from engine import atomic, augment
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from engine import atomic, augment, timing
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -95,13 +101,6 @@ BASELINES = {
 }
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -114,12 +113,37 @@ def seconds_per_call(runs, repeats, device, clock=time.perf_counter):
     times = [[] for _ in runs]
     for repeat in range(repeats + 1):
         for run, run_times in zip(runs, times):
-            start = clock()
-            run()
-            synchronize(device)
+            seconds = timing.seconds(run, device, clock)
             if repeat > 0:  # the first round is the warm-up
-                run_times.append(clock() - start)
+                run_times.append(seconds)
     return [min(run_times) for run_times in times]
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops a call dispatches, views left out: on a GPU each is about one
+    kernel launch, which bounds a small batch's time more than its arithmetic does."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_ops(arm, images, labels, generator):
+    """{op name: calls} for one call of a pipeline on a batch."""
+    with OpCounter() as counter:
+        arm(images, labels, generator)
+    return dict(counter.ops)
+
+
+def arm_ops(name, images, labels):
+    """Aten ops of one call of the study's arm `name` on the batch."""
+    arm = augment.ARMS[name](NUM_CLASSES, IMAGE_SIZE)
+    return sum(aten_ops(arm, images, labels, torch.Generator(images.device)).values())
 
 
 def measure(name, images, labels, repeats, clock):
@@ -143,14 +167,15 @@ def measure(name, images, labels, repeats, clock):
 
 def print_table(entries):
     header = (f"{'operation':<20} {'batched img/s':>14} {'per-image img/s':>16} {'ratio':>8}"
-              f"  baseline")
+              f" {'aten ops':>8}  baseline")
     print(header)
     print("-" * len(header))
     for entry in entries:
         below_target = entry["torchvision_has_op"] and entry["ratio"] < TARGET_RATIO
         short = "  < 10x" if below_target else ""
         print(f"{entry['operation']:<20} {entry['batched_images_per_second']:>14,.0f} "
-              f"{entry['per_image_images_per_second']:>16,.0f} {entry['ratio']:>7.1f}x  "
+              f"{entry['per_image_images_per_second']:>16,.0f} {entry['ratio']:>7.1f}x "
+              f"{entry['aten_ops']:>8}  "
               f"{entry['baseline']}{short}")
 
 
@@ -168,6 +193,8 @@ def get_args_parser():
                         help="wall: elapsed time (default); cpu: this process's CPU time, "
                              "steadier on a busy machine (with --threads 1 on a CPU device)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--ops-only", action="store_true",
+                        help="only count each arm's aten ops per batch (about its GPU kernels)")
     return parser
 
 
@@ -179,8 +206,13 @@ def main(args):
     images = torch.randint(0, 256, (args.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8,
                            generator=data_generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=data_generator).to(device)
+    if args.ops_only:
+        for name in BASELINES:
+            print(f"{name:<20} {arm_ops(name, images, labels):>5}")
+        return
     clock = CLOCKS[args.clock]
-    entries = [measure(name, images, labels, args.repeats, clock) for name in BASELINES]
+    entries = [{**measure(name, images, labels, args.repeats, clock),
+                "aten_ops": arm_ops(name, images, labels)} for name in BASELINES]
     print(f"batch {args.batch_size} of {IMAGE_SIZE}x{IMAGE_SIZE} uint8 on {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"best of {args.repeats}")

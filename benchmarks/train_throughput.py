@@ -12,6 +12,7 @@ benchmarks/README.md says what each path does, how the turns run, and the measur
 """
 import copy
 import datetime
+import functools
 import gc
 import itertools
 import platform
@@ -19,7 +20,6 @@ import resource
 import shlex
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from engine.cli import Parser, nonnegative_int, positive_int
 from engine.configurations import RECIPES
 from engine.device import grad_scaler, resolve_device, resolve_precision
 from engine.errors import exits_cleanly_on_user_error
+from engine.timing import seconds as timed
 from engine.loader import DeviceLoader, Normalizer, channel_stats
 from engine.loop import (make_optimizer, make_scheduler, soft_or_hard_loss,
                          train_one_epoch)
@@ -194,13 +195,6 @@ def baseline_path(args, device, data, stats, model):
 
 # --- timing and memory --------------------------------------------------------------------
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def reset_peak_memory(device):
     """Start a run's peak-memory measurement (see CUDA_PEAK and CPU_PEAK); False where the
     CPU high-water mark cannot be reset (no /proc), so no peak would be the run's own."""
@@ -245,14 +239,6 @@ def in_turns(number):
     return names if number % 2 == 0 else names[::-1]
 
 
-def timed(train, steps, device):
-    synchronize(device)
-    started = time.perf_counter()
-    train(steps)
-    synchronize(device)
-    return time.perf_counter() - started
-
-
 def measure_by_runs(args, device, data, stats, template):
     """--repeats runs per path, taking turns; each run builds its path afresh from the
     template, warms it up, times --steps steps and frees it, so only one path holds memory
@@ -263,7 +249,7 @@ def measure_by_runs(args, device, data, stats, template):
             own_peak = reset_peak_memory(device)
             train, precision = PATHS[name](args, device, data, stats, copy.deepcopy(template))
             train(args.warmup)
-            seconds = timed(train, args.steps, device)
+            seconds = timed(functools.partial(train, args.steps), device)
             peak = peak_memory_bytes(device) if own_peak else None
             turns[name].append(Turn(seconds, args.steps * args.batch_size, precision, peak))
             del train  # frees the path's model, optimizer and loader (and stops its workers)
@@ -285,7 +271,7 @@ def measure_by_steps(args, device, data, stats, template):
     for number in range(args.steps):
         for name in in_turns(number):
             train, precision = paths[name]
-            turns[name].append(Turn(timed(train, 1, device), args.batch_size, precision))
+            turns[name].append(Turn(timed(functools.partial(train, 1), device), args.batch_size, precision))
     return turns
 
 

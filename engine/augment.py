@@ -165,6 +165,7 @@ def random_rotation(images, generator, degrees=15.0, interpolation="bilinear", f
 # truncated after every step for integer input as torchvision's uint8 kernels do.
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx codes
+IDENTITY = 4  # a slot where an image has no adjustment
 JITTER_COMPONENTS = ("brightness", "contrast", "saturation", "hue")
 
 
@@ -188,34 +189,56 @@ def _hue_step(levels, shifts, integer, bound):
     return out.mul(bound + 1.0 - 1e-3).trunc() if integer else out
 
 
-def _jitter_step(levels, codes, factors, integer, bound):
-    """Image i gets adjustment codes[i] (a None factor: left as is). Brightness, contrast and
-    saturation: torchvision's _blend r*x + (1 - r)*other, other 0, mean grey or grey image."""
-    ratios = torch.ones(codes.shape, device=levels.device, dtype=levels.dtype)
-    for code in (BRIGHTNESS, CONTRAST, SATURATION):
-        if factors[code] is not None:
-            ratios = torch.where(codes == code, factors[code].to(levels.dtype), ratios)
-    codes, ratios = _per_image(codes), _per_image(ratios)
+def _blend_step(levels, ratios, gray_weights, mean_weights, integer, bound):
+    """torchvision's _blend r*x + (1 - r)*other with image i's r and other = 0 (brightness; or
+    none at r = 1), its mean grey (contrast) or its grey image (saturation): the weights are
+    (1 - r) or 0 per image, so one kernel chain serves every image, and rounds alike."""
     red, green, blue = levels.unbind(dim=-3)  # ITU-R 601 luma, in torchvision's arithmetic
     gray = red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114).unsqueeze(-3)
-    gray = gray.floor() if integer else gray
-    other = torch.where(codes == CONTRAST, gray.mean(dim=(-3, -2, -1), keepdim=True),
-                        torch.where(codes == SATURATION, gray, 0.0))
-    # addcmul rounds as torchvision's mul(r).add_(other, alpha=1 - r) does
-    adjusted = (levels * ratios).addcmul(other, 1.0 - ratios).clamp(0, bound)
-    adjusted = adjusted.trunc() if integer else adjusted
-    if factors[HUE] is None:
-        return adjusted
-    return torch.where(codes == HUE, _hue_step(levels, factors[HUE], integer, bound), adjusted)
+    gray = gray.floor_() if integer else gray
+    # addcmul rounds as torchvision's mul(r).add_(other, alpha=1 - r) does; adding 0 is exact
+    adjusted = (levels * ratios).addcmul_(gray, gray_weights)
+    adjusted = adjusted.addcmul_(gray.mean(dim=(-3, -2, -1), keepdim=True), mean_weights)
+    adjusted = adjusted.clamp_(0, bound)
+    return adjusted.trunc_() if integer else adjusted
+
+
+def _jitter_slots(order, with_hue):
+    """(B, S) codes per image and slot: each image's n steps in its order, shifted so that its
+    hue step falls in the middle slot (n - 1 of 2n - 1), the other slots IDENTITY: hue is then
+    computed once for the batch, not at every step. Without hue, the order as it is."""
+    if not with_hue:
+        return order
+    steps = order.shape[1]
+    is_hue = order == HUE
+    shifts = torch.where(is_hue.any(dim=1), steps - 1 - is_hue.int().argmax(dim=1), 0)
+    taken = torch.arange(2 * steps - 1, device=order.device)[None, :] - shifts[:, None]
+    inside = (taken >= 0) & (taken < steps)
+    return torch.where(inside, order.gather(1, taken.clamp(0, steps - 1)), IDENTITY)
 
 
 def apply_color_jitter(images, order, brightness=None, contrast=None, saturation=None, hue=None):
-    """Image i gets adjustment order[i, k] (a code) at step k, each with image i's factor."""
+    """Image i gets adjustment order[i, k] (a code) at step k, each with image i's factor; a
+    None factor leaves it as is. Brightness, contrast and saturation are one blend kernel
+    chain per slot for the whole batch, hue one pass (_jitter_slots)."""
     integer, bound = not images.is_floating_point(), _max_value(images.dtype)
-    factors = (brightness, contrast, saturation, hue)
     levels = _as_float(images)
-    for codes in order.unbind(dim=1):
-        levels = _jitter_step(levels, codes, factors, integer, bound)
+    ones = torch.ones(len(images), device=images.device, dtype=levels.dtype)
+    table = torch.stack([ones if factor is None else factor.to(levels.dtype)
+                         for factor in (brightness, contrast, saturation)] + [ones, ones], dim=1)
+    codes = _jitter_slots(order, hue is not None)
+    ratios = table.gather(1, codes)
+    gray_weights, mean_weights = ((codes == code) * (1.0 - ratios)
+                                  for code in (SATURATION, CONTRAST))
+    middle = codes.shape[1] // 2
+    for slot in range(codes.shape[1]):
+        adjusted = _blend_step(levels, *(_per_image(values[:, slot]) for values in
+                                         (ratios, gray_weights, mean_weights)),
+                               integer, bound)
+        if hue is not None and slot == middle:
+            adjusted = torch.where(_per_image(codes[:, slot] == HUE),
+                                   _hue_step(levels, hue, integer, bound), adjusted)
+        levels = adjusted
     return levels.to(images.dtype)
 
 

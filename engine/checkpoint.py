@@ -13,10 +13,13 @@ from engine.errors import UserError
 
 def rng_states(device):
     """The CPU generator's state, and the training GPU's own (not every visible GPU's: a run
-    may resume where fewer are visible, or under torchrun on another index)."""
+    may resume where fewer are visible, or under torchrun on another index) or MPS's (dropout
+    on the device draws from it)."""
     states = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
     return states
 
 
@@ -25,6 +28,8 @@ def restore_rng_states(states, device):
     cuda_state = states.get("cuda")
     if device.type == "cuda" and isinstance(cuda_state, torch.Tensor):
         torch.cuda.set_rng_state(cuda_state, device)  # (a list: an older checkpoint's, all GPUs)
+    if device.type == "mps" and "mps" in states:
+        torch.mps.set_rng_state(states["mps"])
 
 
 def unwrap(model):

@@ -134,6 +134,16 @@ def over_ranks(*numbers, op="sum"):
     return tuple(values.tolist())
 
 
+def mean_over_ranks(tensors):
+    """Each tensor replaced, in place, by its mean over ranks (one all-reduce each); left as
+    it is in one process."""
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor)  # a sum: gloo has no average
+        tensor.div_(world_size())
+
+
 def gather_to_main(value):
     """[value of rank 0, value of rank 1, ...] on rank 0 (None elsewhere)."""
     if not is_distributed():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from engine.device import autocast
-from engine.distributed import over_ranks
+from engine.distributed import mean_over_ranks, over_ranks
 
 
 def make_optimizer(param_groups, lr, weight_decay, momentum=0.9, fused=False):
@@ -203,9 +203,9 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += count_correct(logits, targets)
-        if num_classes:
-            confusion += torch.bincount(targets * num_classes + logits.argmax(dim=1),
-                                        minlength=num_classes ** 2)
+        if num_classes:  # not bincount: on CUDA it reads the indices' min and max on the host
+            cells = targets * num_classes + logits.argmax(dim=1)
+            confusion.scatter_add_(0, cells, torch.ones_like(cells))
         seen += len(inputs)
     loss_sum, correct, seen, *counts = over_ranks(loss_sum.item(), correct.item(), seen,
                                                   *confusion.tolist())
@@ -216,7 +216,9 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
 @torch.no_grad()
 def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
     """Re-estimate training-mode BatchNorms' statistics at the current weights over `images`
-    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept."""
+    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept.
+    Under torchrun each rank measures its share of every batch and the ranks' statistics are
+    averaged: `images` in all."""
     model.train()
     layers = [module for module in model.modules()
               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
@@ -224,10 +226,15 @@ def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # a cumulative average: every batch weighted alike
     steps = -(-images // loader.batch_size)  # loader.batch_size is the global batch
-    for inputs, _ in itertools.islice(loader, steps if layers else 0):
+    for step, (inputs, _) in enumerate(itertools.islice(loader, steps if layers else 0)):
+        for layer in layers:
+            # A cumulative average, every batch weighted alike, as momentum=None gives, but
+            # without its float(num_batches_tracked): a host sync per layer and batch.
+            layer.momentum = 1.0 / (step + 1)
         with autocast(device, precision):
             model(inputs)
+    mean_over_ranks([statistic for layer in layers
+                     for statistic in (layer.running_mean, layer.running_var)])
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum

@@ -323,6 +323,15 @@ def compose_optional(*transforms):
     return Compose(*present) if len(present) > 1 else (present[0] if present else None)
 
 
+def evaluation_batch(batch_size, image_size, device):
+    """On CUDA, as many pixels per evaluation batch as 1,024 images of 32x32 (no gradients,
+    so memory allows it; fewer, larger batches are faster), never fewer images than training:
+    at 224 px it is the training batch, which a user lowers when memory runs short."""
+    if device.type != "cuda":
+        return batch_size
+    return max(batch_size, 1024 * 32 ** 2 // image_size ** 2)
+
+
 def make_loaders(run, device, normalize):
     """(train, val or None, test); under torchrun each rank takes its slice of the global
     batch and evaluates every world_size-th image."""
@@ -335,7 +344,8 @@ def make_loaders(run, device, normalize):
         raise UserError(f"{len(splits.train)} training images are fewer than --batch-size "
                         f"{batch_size}: under torchrun every step takes a full batch; choose "
                         f"--batch-size {len(splits.train) // world_size * world_size} or less")
-    eval_batch = max(batch_size, 1024) if device.type == "cuda" else batch_size
+    eval_batch = evaluation_batch(batch_size, run.image_size or splits.train.images.shape[-1],
+                                  device)
 
     def eval_loader(data):
         share = data.select(slice(rank, None, world_size))  # every image once over all ranks

@@ -530,3 +530,12 @@ def test_benchmark_ratio_is_the_per_image_time_over_the_batched_time(monkeypatch
     assert entry["batched_images_per_second"] == BATCH / 1.0
     assert entry["per_image_images_per_second"] == BATCH / 4.0
     assert entry["ratio"] == 4.0
+
+
+def test_colour_jitter_launches_few_kernels_per_batch():
+    """A GPU step at the study's batch of 128 is bound by kernel launches: colour jitter
+    computed hue and every blend for all images at each of its 4 steps (236 aten ops per
+    batch, about one training step's launches); hue once and one blend chain per slot: 144."""
+    images, labels = make_images(batch=128), torch.arange(128) % NUM_CLASSES
+    arm = augment.ARMS["color_jitter"](NUM_CLASSES, SIZE)
+    assert sum(augment_throughput.aten_ops(arm, images, labels, seeded()).values()) <= 150

@@ -20,6 +20,7 @@ import torch
 from conftest import QUICK, REPO, run_script, script_environment, start_script
 from engine.distributed import convert_sync_batchnorm
 from engine.loader import DeviceLoader, epoch_generators
+from engine.loop import recompute_batchnorm_statistics
 from engine.training import RUN_FILES
 from engine.sources import ImageData
 from models import build_model
@@ -155,6 +156,49 @@ def test_sync_bn_converts_trainable_batchnorm_and_keeps_frozen_layers_in_eval_mo
     assert not any(type(module) is torch.nn.BatchNorm2d for module in model.modules())
     # The same Parameter objects: an optimizer built before the conversion still holds them.
     assert {name: id(parameter) for name, parameter in model.named_parameters()} == parameters
+
+
+class ShareOfBatches(list):
+    """One rank's shares of the global batches (16 images), as its training loader yields them."""
+    batch_size = 16
+
+
+def batchnorm_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+
+def shares(rank):
+    """Rank `rank`'s halves of two global batches, each rank's data far from the other's."""
+    generator = torch.Generator().manual_seed(rank)
+    return ShareOfBatches((torch.randn(8, 3, 6, 6, generator=generator) * (1 + rank) + 3 * rank,
+                           None) for _ in range(2))
+
+
+def re_estimate_on_rank(rank, init_file, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=2)
+    model = batchnorm_model()
+    recompute_batchnorm_statistics(model, shares(rank), device=torch.device("cpu"),
+                                   precision="fp32", images=32)
+    torch.save(model[1].state_dict(), f"{out}.rank{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_under_torchrun_batchnorm_statistics_come_from_every_ranks_share(tmp_path):
+    """2,048 images in all, not rank 0's 2,048 / N: each rank measures its share of each
+    batch and the ranks' statistics are averaged."""
+    torch.multiprocessing.spawn(re_estimate_on_rank, args=(tmp_path / "init", tmp_path / "bn"),
+                                nprocs=2)
+    model = batchnorm_model()
+    with torch.no_grad():
+        features = [model[0](inputs) for rank in (0, 1) for inputs, _ in shares(rank)]
+    mean = torch.stack([feature.mean(dim=(0, 2, 3)) for feature in features]).mean(0)
+    variance = torch.stack([feature.var(dim=(0, 2, 3)) for feature in features]).mean(0)
+    for rank in (0, 1):
+        state = torch.load(tmp_path / f"bn.rank{rank}", weights_only=True)
+        torch.testing.assert_close(state["running_mean"], mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(state["running_var"], variance, rtol=0, atol=1e-4)
 
 
 def wait_for_epochs(path, epochs, process, timeout=120):
