@@ -448,36 +448,17 @@ def random_gaussian_noise(images, generator, std=0.1):
 # Image i is paired with image permutation[i]; soft targets (B, num_classes) put weight lam[i]
 # on image i's label and 1 - lam[i] on its partner's, lam drawn per image.
 
-def _sample_beta(alpha, batch_size, generator, device, candidates=8):
-    """Beta(alpha, alpha) per image as G1 / (G1 + G2), Gammas drawn from `generator` (torch's
-    distributions take none) by Marsaglia & Tsang (2000): the first accepted of `candidates`
-    (p >= 0.95 each; none, p < 1e-10: d, near the median); alpha < 1 is boosted by 1, then
-    scaled by U^(1/alpha)."""
-    shape = (2, batch_size)
-    boosted = alpha < 1
-    d = (alpha + 1 if boosted else alpha) - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    normals = torch.randn(*shape, candidates, generator=generator, device=device)
-    uniforms = torch.rand(*shape, candidates, generator=generator, device=device)
-    cubes = (1.0 + c * normals) ** 3
-    log_density_ratio = 0.5 * normals ** 2 + d - d * cubes + d * torch.log(cubes.clamp(min=1e-30))
-    found, cube = _first_fit((cubes > 0) & (torch.log(uniforms) < log_density_ratio), cubes)
-    gammas = torch.where(found, d * cube, torch.full(shape, d, device=device))
-    if boosted:
-        gammas = gammas * torch.rand(shape, generator=generator, device=device) ** (1.0 / alpha)
-    return gammas[0] / gammas.sum(dim=0)
-
-
 def _mix_labels(labels, permutation, lam, num_classes):
     """Class indices (or soft targets) mixed with the partners': (B, num_classes) float."""
     targets = labels.float() if labels.ndim == 2 else F.one_hot(labels, num_classes).float()
     return lam[:, None] * targets + (1.0 - lam[:, None]) * targets[permutation]
 
 
-def mixup_params(batch_size, generator, device, alpha=1.0):
-    """(permutation, lam), lam ~ Beta(alpha, alpha) per image."""
+def mixup_params(batch_size, generator, device):
+    """(permutation, lam), lam ~ Beta(1, 1) per image: uniform on [0, 1] (torchvision's MixUp
+    and CutMix default, alpha = 1)."""
     permutation = torch.randperm(batch_size, generator=generator, device=device)
-    return permutation, _sample_beta(alpha, batch_size, generator, device)
+    return permutation, torch.rand(batch_size, generator=generator, device=device)
 
 
 def apply_mixup(images, labels, permutation, lam, num_classes):
@@ -487,16 +468,15 @@ def apply_mixup(images, labels, permutation, lam, num_classes):
     return _round_back(mixed, images), _mix_labels(labels, permutation, lam, num_classes)
 
 
-def random_mixup(images, labels, num_classes, generator, alpha=1.0):
-    permutation, lam = mixup_params(len(images), generator, images.device, alpha)
+def random_mixup(images, labels, num_classes, generator):
+    permutation, lam = mixup_params(len(images), generator, images.device)
     return apply_mixup(images, labels, permutation, lam, num_classes)
 
 
-def cutmix_params(batch_size, height, width, generator, device, alpha=1.0):
+def cutmix_params(batch_size, height, width, generator, device):
     """(permutation, tops, lefts, heights, widths) as torchvision CutMix draws its box, but per
-    image: sides sqrt(1 - lam) * (H, W), lam ~ Beta(alpha, alpha), centred anywhere, clipped."""
-    permutation = torch.randperm(batch_size, generator=generator, device=device)
-    lam = _sample_beta(alpha, batch_size, generator, device)
+    image: sides sqrt(1 - lam) * (H, W), lam ~ Beta(1, 1) (uniform), centred anywhere, clipped."""
+    permutation, lam = mixup_params(batch_size, generator, device)
     centre_cols = torch.randint(0, width, (batch_size,), generator=generator, device=device)
     centre_rows = torch.randint(0, height, (batch_size,), generator=generator, device=device)
     half_side = 0.5 * torch.sqrt(1.0 - lam)
@@ -515,9 +495,9 @@ def apply_cutmix(images, labels, permutation, tops, lefts, heights, widths, num_
             _mix_labels(labels, permutation, kept, num_classes))
 
 
-def random_cutmix(images, labels, num_classes, generator, alpha=1.0):
+def random_cutmix(images, labels, num_classes, generator):
     batch, _, height, width = images.shape
-    params = cutmix_params(batch, height, width, generator, images.device, alpha)
+    params = cutmix_params(batch, height, width, generator, images.device)
     return apply_cutmix(images, labels, *params, num_classes=num_classes)
 
 
@@ -644,8 +624,8 @@ ARMS = {
     "gaussian_noise": lambda classes, size: RandomOp(random_gaussian_noise, std=0.1),
     "random_erasing": lambda classes, size: RandomOp(
         random_erasing, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3)),
-    "mixup": lambda classes, size: Mixing(random_mixup, num_classes=classes, alpha=1.0),
-    "cutmix": lambda classes, size: Mixing(random_cutmix, num_classes=classes, alpha=1.0),
+    "mixup": lambda classes, size: Mixing(random_mixup, num_classes=classes),
+    "cutmix": lambda classes, size: Mixing(random_cutmix, num_classes=classes),
     "autoaugment": lambda classes, size: PerImageTorchvision(
         T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)),
     "randaugment": lambda classes, size: PerImageTorchvision(T.RandAugment()),
