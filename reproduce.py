@@ -29,7 +29,6 @@ import train_transfer
 import visualize_activations
 from engine import timing
 from engine.cli import Parser, nonnegative_int, positive_int
-from engine.configurations import TRANSFER
 from engine.device import PRECISIONS, autocast, resolve_device, resolve_precision
 from engine.errors import UserError, exits_cleanly_on_user_error
 from engine.report import REPORT_NAME
@@ -224,10 +223,9 @@ def at_batch(batches, seconds, batch):
 def speed(key, name, args):
     """A run's model's (training, evaluation) images/s on its device and batch."""
     device = resolve_device(args.device)
-    if key == "transfer":  # the CIFAR stem keeps 16x the pixels: timed on its own
-        spec = {"name": "torchvision_resnet18", "num_classes": 10,
-                "cifar_stem": TRANSFER[name].cifar_stem}
-        size = args.image_size
+    if key == "transfer":  # as it trains: the CIFAR stem's 16x the pixels, frozen children
+        # run forward only (no gradient through them), its head
+        spec, size = train_transfer.model_spec(name, args, 10), args.image_size
     else:
         spec, size = {"name": "resnet18_cifar", "num_classes": 10, "width": args.width}, 32
     # A CPU takes minutes for a step of the real batch: two small ones, extrapolated.

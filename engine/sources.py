@@ -242,15 +242,31 @@ def make_synthetic(seed=0, image_size=32, num_classes=10, train_size=5000, test_
 
 # --- splits: a class-balanced validation set and training subset (seeded) -------------------
 
+def balanced_quotas(count, num_classes):
+    """Images per class of a class-balanced draw of `count`: the first count % K classes one more."""
+    return [count // num_classes + (1 if label < count % num_classes else 0)
+            for label in range(num_classes)]
+
+
+def largest_balanced(class_sizes, count):
+    """The largest class-balanced draw of at most `count` images that the classes can fill."""
+    while count > 0 and any(quota > size for quota, size in
+                            zip(balanced_quotas(count, len(class_sizes)), class_sizes)):
+        count -= 1
+    return count
+
+
 def balanced_indices(labels, num_classes, count, generator, what):
     """Indices of `count` images, as equal per class as possible, each class shuffled."""
+    sizes = torch.bincount(labels, minlength=num_classes).tolist()
     chosen = []
-    for label in range(num_classes):
-        quota = count // num_classes + (1 if label < count % num_classes else 0)
+    for label, quota in enumerate(balanced_quotas(count, num_classes)):
+        if quota > sizes[label]:
+            raise UserError(f"{what} {count} needs {quota} images of class {label} but there are "
+                            f"only {sizes[label]}: choose {what} "
+                            f"{largest_balanced(sizes, count)} (the most a class-balanced draw "
+                            f"allows) or less")
         members = torch.nonzero(labels == label).flatten()
-        if quota > len(members):
-            raise UserError(f"{what} of {count} needs {quota} images of class {label} but there "
-                            f"are only {len(members)}: choose a smaller value")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:quota]])
     return torch.cat(chosen).sort().values
 
@@ -268,9 +284,9 @@ def split_validation(data, val_size, seed):
 
 
 def take_subset(data, size, seed):
-    """A class-balanced training subset of `size` images."""
-    if size > len(data):
-        raise UserError(f"--subset {size} is larger than the {len(data)} training images left "
-                        f"after the validation split: choose --subset {len(data)} or less")
+    """A class-balanced training subset of `size` images; all of them where `size` is as many
+    or more (a part's default subset on a small dataset: the start-up block says so)."""
+    if size >= len(data):
+        return data
     generator = torch.Generator().manual_seed(seed + 1)  # independent of the validation draw
     return data.select(balanced_indices(data.labels, len(data.classes), size, generator, "--subset"))

@@ -217,7 +217,9 @@ def startup_block(runs, actions, shard=None):
                  " (warning: fp16 on a CPU is slow and its loss scaling is for GPUs: use bf16 or "
                  "fp32)" if (device.type, precision) == ("cpu", "fp16") else ""),
              f"data      {splits.dataset} ({len(splits.classes)} classes): {len(splits.train)} "
-             f"train / {len(splits.val) if splits.val else 0} val / {len(splits.test)} test images",
+             f"train / {len(splits.val) if splits.val else 0} val / {len(splits.test)} test images"
+             + (f" (--subset {args.subset}: there are only {len(splits.train)}, all used)"
+                if args.subset and args.subset > len(splits.train) else ""),
              f"schedule  {args.epochs} epochs x {steps} steps of {args.batch_size} images; "
              f"{describe_lr(vars(args))}",
              f"augment   {augments.pop() if len(augments) == 1 else 'per run, below'}",

@@ -98,3 +98,15 @@ def test_rerunning_reuses_finished_arms(study):
     # The start-up block lists the study's runs, each with its own augmentation.
     assert "augment   per run, below\n" in result.stdout and "runs      2: 2 reuse\n" in result.stdout
     assert "  [1/2] none seed 0: reuse (Identity())\n  [2/2] standard seed 0: reuse (CropFlip(" in result.stdout
+
+
+def test_a_small_folder_of_ones_own_trains_with_the_default_subset(tmp_path):
+    """The default --subset 5000 on a folder of 30 training images: all of them are used and
+    the start-up block says so (it used to stop and suggest a value that failed too)."""
+    images = write_image_tree(tmp_path / "images", per_class=(10, 3), size=12)
+    result = run_script("augment_study.py", *QUICK[2:], "--dataset", "folder", "--data-dir",
+                        images, "--val-size", "6", "--epochs", "1", "--batch-size", "8",
+                        "--arms", "none", "--out", tmp_path / "study")
+    assert "24 train / 6 val / 9 test images (--subset 5000: there are only 24, all used)" in (
+        result.stdout)
+    assert (tmp_path / "study" / "none" / "seed0" / "metrics.json").is_file()

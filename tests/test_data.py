@@ -63,13 +63,32 @@ def test_subset_is_class_balanced():
     assert subset.labels.bincount().tolist() == [11, 11, 10, 10]
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda d: split_validation(d, 400, 0), "--val-size 400 leaves no training images"),
-    (lambda d: take_subset(d, 500, 0), "--subset 500 is larger than the 400"),
-])
-def test_sizes_too_large_are_refused(call, message):
-    with pytest.raises(UserError, match=message):
-        call(_labelled(400))
+def test_sizes_too_large_are_refused():
+    with pytest.raises(UserError, match="--val-size 400 leaves no training images"):
+        split_validation(_labelled(400), 400, 0)
+
+
+def test_a_subset_as_large_as_the_set_or_larger_is_the_whole_set():
+    data = _labelled(400)
+    for size in (400, 5000):  # a part's default subset on a small dataset
+        assert take_subset(data, size, seed=0) is data
+
+
+def test_a_subset_the_classes_cannot_fill_suggests_a_value_that_works():
+    # 127 images of class 0, 130 of each other class (a small folder of one's own).
+    labels = torch.cat([torch.zeros(127, dtype=torch.long), torch.arange(1, 10).repeat(130)])
+    data = ImageData(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels,
+                     [str(label) for label in range(10)])
+    with pytest.raises(UserError) as refused:
+        take_subset(data, 1294, seed=0)
+    message = str(refused.value)
+    assert "--subset 1294 needs 130 images of class 0 but there are only 127" in message
+    suggested = int(message.split("choose --subset ")[1].split()[0])
+    # By hand: a balanced draw gives the first count % 10 classes one image more, class 0
+    # first, so class 0's 127 cap it at 127 per class: 1270.
+    assert suggested == 1270
+    subset = take_subset(data, suggested, seed=0)
+    assert len(subset) == 1270 and subset.labels.bincount().tolist() == [127] * 10
 
 
 # --- loader ------------------------------------------------------------------------------
