@@ -202,6 +202,9 @@ MUTATIONS = [
              (REFERENCE_B,)),
     Mutation("batchnorm-statistics-from-fewer-images", "engine/training.py",
              "BATCHNORM_IMAGES = 2048", "BATCHNORM_IMAGES = 48", (REFERENCE_A,)),
+    Mutation("training-labels-of-other-images", "engine/loader.py",
+             "self.images[index], self.labels[index]",
+             "self.images[index], self.labels[index.flip(0)]", (REFERENCE_A, REFERENCE_B)),
 ]
 
 

@@ -206,19 +206,28 @@ def by_epoch(batches):
 
 
 def test_part_a_run_is_the_readme_recipe_retrained_by_hand(scratch_run):
-    calls = scratch_run.calls
     # Per epoch: its training steps, then one pass of the same loader to re-estimate
     # BatchNorm (96 images < 2,048). Nothing else is cropped and flipped: not val, not test.
-    assert len(calls) == EPOCHS * 2 * STEPS
-    for inputs, outputs, _ in calls:
-        assert reference.is_crop_and_flip(inputs, outputs).all()
-    assert any(not torch.equal(inputs, outputs) for inputs, outputs, _ in calls)
-    epochs = by_epoch([(out, labels) for _, out, labels in calls])
+    epochs = by_epoch(scratch_run.calls)
+    images, labels = as_tensors(train=True)
+    label_of = dict(zip(image_keys(images), labels.tolist()))
+    split = sorted(image_keys(training_split(scratch_run)))
+    for passes in epochs:
+        for calls in passes:  # each takes every image of the split once, with its own label
+            assert sorted(key for inputs, _, _ in calls for key in image_keys(inputs)) == split
+            assert all([label_of[key] for key in image_keys(inputs)] == targets.tolist()
+                       for inputs, _, targets in calls)
+            assert all(reference.is_crop_and_flip(inputs, outputs).all()
+                       for inputs, outputs, _ in calls)
+    assert any(not torch.equal(inputs, outputs) for inputs, outputs, _ in scratch_run.calls)
+
     config = read_json(scratch_run.run / "config.json")
     torch.manual_seed(0)  # --seed 0 initialises the network
     model = build_model(config["model"])
-    rows = reference.train(model, training_split(scratch_run), epochs, reference.SCRATCH, BATCH,
-                           as_tensors(train=False))
+    augmented = [[[(outputs, targets) for _, outputs, targets in calls] for calls in passes]
+                 for passes in epochs]
+    rows = reference.train(model, training_split(scratch_run), augmented, reference.SCRATCH,
+                           BATCH, as_tensors(train=False))
 
     assert_history_matches(read_csv(scratch_run.run / "history.csv"), rows)
     saved = torch.load(scratch_run.run / "checkpoint.pt", weights_only=True)
