@@ -182,6 +182,9 @@ MUTATIONS = [
     Mutation("label-smoothing-resume-free", "engine/training.py",
              '"compile", "data_dir", "precision",', '"compile", "data_dir", "label_smoothing", '
              '"precision",', (REFUSED + "[--label-smoothing]",)),
+    Mutation("device-refused-on-reuse", "engine/training.py", '"tensorboard", "device",',
+             '"tensorboard",', (SCIENCE + "test_settings_that_leave_the_numbers_alone_reuse_"
+                                          "the_finished_run",)),
     Mutation("ranks-draw-the-same-dropout", "engine/training.py",
              "torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))",
              "torch.manual_seed(args.seed)",

@@ -368,8 +368,6 @@ def test_grad_cam_is_relu_of_the_channel_maps_weighted_by_their_mean_gradient():
         torch.testing.assert_close(cam, expected)
 
 
-# --- runs that must not reuse what another setting made ----------------------------------------
-
 def first_batch_images(flags, out):
     """The images of a part (a) run's first training batch, taken as crop + flip gets them
     (the run is stopped there, before anything is written)."""
@@ -389,6 +387,8 @@ def test_the_subset_is_drawn_from_the_seed(fake_cifar10, tmp_path):
     assert first_batch_images([*flags, "--seed", "1"], tmp_path / "c") != seed0
 
 
+# --- runs that must not reuse what another setting made ----------------------------------------
+
 def linked_copy(study, destination):
     """A copy of a finished study whose files are hard links: the engine replaces files
     (os.replace), so a changed file leaves the original alone."""
@@ -400,17 +400,13 @@ def files_of(folder):
     return {path: path.read_bytes() for path in sorted(Path(folder).rglob("*")) if path.is_file()}
 
 
-RECIPE_CHANGES = [  # each part (a) setting that changes what a run computes
-    (["--epochs", "3"], "--epochs 2 (now 3)"),
-    (["--batch-size", "12"], "--batch-size 24 (now 12)"),
-    (["--lr", "0.01"], "(now 0.01)"),
-    (["--weight-decay", "0.001"], "--weight-decay 0.0005 (now 0.001)"),
-    (["--label-smoothing", "0.2"], "--label-smoothing 0.1 (now 0.2)"),
-    (["--subset", "48"], "--subset None (now 48)"),
-    (["--val-size", "12"], "--val-size 24 (now 12)"),
-    (["--width", "4"], "another model"),
-    (["--dropout", "0.1"], "another model"),
-]
+# Each part (a) setting that changes what a run computes, and what the refusal must name:
+# the flag, or the model it changes.
+RECIPE_CHANGES = [(["--epochs", "3"], "--epochs"), (["--batch-size", "12"], "--batch-size"),
+                  (["--lr", "0.01"], "--lr"), (["--weight-decay", "0.001"], "--weight-decay"),
+                  (["--label-smoothing", "0.2"], "--label-smoothing"),
+                  (["--subset", "48"], "--subset"), (["--val-size", "12"], "--val-size"),
+                  (["--width", "4"], "model"), (["--dropout", "0.1"], "model")]
 
 
 @pytest.mark.parametrize("change, message", RECIPE_CHANGES,
@@ -426,10 +422,10 @@ def test_a_finished_run_is_not_reused_under_another_recipe(scratch_run, fake_cif
     assert files_of(study) == before
 
 
-TRANSFER_CHANGES = [(["--backbone-lr-mult", "0.5"], "--backbone-lr-mult 1.0 (now 0.5)"),
-                    (["--image-size", "64"], "--image-size 32 (now 64)"),
-                    (["--augment", "crop-flip"], "--augment 'none' (now 'crop-flip')"),
-                    (["--weight-decay", "0.001"], "--weight-decay 0.0005 (now 0.001)")]
+TRANSFER_CHANGES = [(["--backbone-lr-mult", "0.5"], "--backbone-lr-mult"),
+                    (["--image-size", "64"], "--image-size"),
+                    (["--augment", "crop-flip"], "--augment"),
+                    (["--weight-decay", "0.001"], "--weight-decay")]
 
 
 @pytest.mark.parametrize("change, message", TRANSFER_CHANGES,
@@ -446,13 +442,12 @@ def test_a_finished_transfer_run_is_not_reused_under_another_recipe(
 
 
 def test_settings_that_leave_the_numbers_alone_reuse_the_finished_run(scratch_run, fake_cifar10,
-                                                                       tmp_path, capsys):
+                                                                       tmp_path):
     """The other side of the rule: where and how a run is computed or shown is no reason
-    to retrain it."""
+    to retrain it (a retrained run would write other timings into history.csv)."""
     study = linked_copy(scratch_run.study, tmp_path / "study")
     run = study / "cifar10" / "seed0"
     before = files_of(run)
     run_main(train_scratch, *SCRATCH, "--device", "cpu", "--precision", "fp32", "--log-every",
              "5", "--data-dir", tmp_path / "elsewhere", "--out", study)
-    assert "finished earlier, reusing" in capsys.readouterr().out
     assert files_of(run) == before
