@@ -11,7 +11,8 @@ normalised by the training split's own channel means and standard deviations; a 
 zero-padded random crop and a horizontal flip per image; before every evaluation, BatchNorm
 statistics re-estimated at the current weights as the plain average over up to 2,048 training
 images. Part (b): the same, with the peak 0.05 at batch 256, no label smoothing and no
-augmentation. Validation and test losses are plain cross-entropy.
+augmentation (its `scratch` configuration: random init, the data's own statistics, no layer
+frozen). Validation and test losses are plain cross-entropy.
 """
 import math
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ def train(model, train_images, epochs, recipe, batch_size, test):
         model.eval()
         with torch.no_grad():
             logits = model(normalise(test[0]))
+        # lr as history.csv has it: the optimiser's after the epoch's last step
         rows.append({"lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                      "test_loss": F.cross_entropy(logits, test[1]).item(),
                      "test_accuracy": (logits.argmax(1) == test[1]).double().mean().item()})
