@@ -32,6 +32,12 @@ SIGNAL_RESUME = (RELIABILITY + "test_a_signal_saves_mid_epoch_and_resume_matches
                  "uninterrupted_run[2-130]")
 WEIGHTS_ONLY_SCAN = RELIABILITY + "test_every_torch_load_in_the_project_is_weights_only"
 DETERMINISTIC_RUNS = RELIABILITY + "test_deterministic_runs_repeat_exactly"
+SCIENCE = "tests/test_science.py::"
+REFERENCE_A = SCIENCE + "test_part_a_run_is_the_readme_recipe_retrained_by_hand"
+REFERENCE_B = SCIENCE + "test_part_b_run_is_the_readme_recipe_retrained_by_hand"
+REFUSED = SCIENCE + "test_a_finished_run_is_not_reused_under_another_recipe"
+TRANSFER_REFUSED = SCIENCE + "test_a_finished_transfer_run_is_not_reused_under_another_recipe"
+DISTRIBUTED = "tests/test_distributed.py::"
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,77 @@ MUTATIONS = [
     Mutation("reproduce-not-the-reports-arms", "reproduce.py",
              '(augment_study, ["--arms", "report"])', '(augment_study, [])',
              ("tests/test_reproduce.py::test_the_reports_choices_are_the_defaults",)),
+    # Issue 29: the science. Someone else's breakages of the numbers a study reports, which
+    # the suite let through; each caught by a computation written in the tests.
+    Mutation("label-smoothing-dropped", "engine/loop.py",
+             "F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)",
+             "F.cross_entropy(logits.float(), targets)", (REFERENCE_A,)),
+    Mutation("warm-up-50-percent", "engine/loop.py",
+             "def make_scheduler(optimizer, total_steps, warmup_fraction=0.15):",
+             "def make_scheduler(optimizer, total_steps, warmup_fraction=0.5):",
+             (SCIENCE + "test_schedule_starts_at_a_tenth_of_the_peak_and_peaks_after_15_percent_"
+                        "of_the_steps", REFERENCE_A, REFERENCE_B)),
+    Mutation("normalisation-from-the-test-set", "engine/training.py",
+             "channel_stats(run.splits.train.images)", "channel_stats(run.splits.test.images)",
+             (SCIENCE + "test_normalisation_is_the_training_splits_own_channel_statistics",
+              REFERENCE_A)),
+    Mutation("per-class-from-confusion-columns", "engine/training.py",
+             "confusion.sum(dim=1).tolist()", "confusion.sum(dim=0).tolist()",
+             (SCIENCE + "test_per_class_csv_counts_each_true_class_and_its_correct_predictions",)),
+    Mutation("lr-rule-fed-the-per-process-batch", "engine/cli.py",
+             "args.lr = scaled_lr(lr, reference_batch, args.batch_size)",
+             "args.lr = scaled_lr(lr, reference_batch, args.batch_size // int(__import__('os')"
+             ".environ.get('WORLD_SIZE', '1')))",
+             (DISTRIBUTED + "test_two_processes_use_the_lr_of_one_process_at_the_same_global_"
+                            "batch",)),
+    Mutation("subset-drawn-with-a-fixed-seed", "engine/sources.py",
+             "torch.Generator().manual_seed(seed + 1)", "torch.Generator().manual_seed(1)",
+             (SCIENCE + "test_the_subset_is_drawn_from_the_seed",)),
+    Mutation("grad-cam-without-relu", "engine/activations.py",
+             "cam = F.relu((weights[:, None, None] * activation[0]).sum(dim=0)).detach()",
+             "cam = ((weights[:, None, None] * activation[0]).sum(dim=0)).detach()",
+             (SCIENCE + "test_grad_cam_is_relu_of_the_channel_maps_weighted_by_their_mean_"
+                        "gradient",)),
+    Mutation("grad-cam-gradients-not-averaged", "engine/activations.py",
+             "(weights[:, None, None] * activation[0])", "(gradient[0] * activation[0])",
+             (SCIENCE + "test_grad_cam_is_relu_of_the_channel_maps_weighted_by_their_mean_"
+                        "gradient",)),
+    Mutation("transfer-test-minus-report-inverted", "train_transfer.py",
+             '(metrics["test_accuracy"] - report["report_test"]',
+             '(report["report_test"] - metrics["test_accuracy"]',
+             (SCIENCE + "test_part_b_summary_test_minus_report_is_ours_less_the_reports",)),
+    Mutation("weight-decay-resume-free", "engine/training.py",
+             '"compile", "data_dir", "precision",', '"compile", "data_dir", "weight_decay", '
+             '"precision",', (REFUSED + "[--weight-decay]", TRANSFER_REFUSED + "[--weight-decay]")),
+    Mutation("label-smoothing-resume-free", "engine/training.py",
+             '"compile", "data_dir", "precision",', '"compile", "data_dir", "label_smoothing", '
+             '"precision",', (REFUSED + "[--label-smoothing]",)),
+    Mutation("device-refused-on-reuse", "engine/training.py", '"tensorboard", "device",',
+             '"tensorboard",', (SCIENCE + "test_settings_that_leave_the_numbers_alone_reuse_"
+                                          "the_finished_run",)),
+    Mutation("ranks-draw-the-same-dropout", "engine/training.py",
+             "torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))",
+             "torch.manual_seed(args.seed)",
+             (DISTRIBUTED + "test_each_rank_draws_its_own_dropout_masks",)),
+    Mutation("test-set-augmented", "engine/training.py",
+             "augment=run.eval_augment, seed=seed)",
+             "augment=compose_optional(run.eval_augment, run.train_augment), seed=seed)",
+             (SCIENCE + "test_test_and_validation_metrics_are_of_the_unaugmented_images",
+              REFERENCE_A)),
+    # Drifts of the recipe itself, which the reference runs catch whatever the test of each.
+    Mutation("nesterov-off", "engine/loop.py", "momentum=momentum, nesterov=True,",
+             "momentum=momentum, nesterov=False,", (REFERENCE_A, REFERENCE_B)),
+    Mutation("part-a-recipe-without-label-smoothing", "engine/configurations.py",
+             "label_smoothing=0.1,    # softens", "label_smoothing=0.0,    # softens",
+             (REFERENCE_A,)),
+    Mutation("part-b-peak-lr-doubled", "engine/configurations.py",
+             "lr=0.05,                # at 256", "lr=0.1,                 # at 256",
+             (REFERENCE_B,)),
+    Mutation("batchnorm-statistics-from-fewer-images", "engine/training.py",
+             "BATCHNORM_IMAGES = 2048", "BATCHNORM_IMAGES = 48", (REFERENCE_A,)),
+    Mutation("training-labels-of-other-images", "engine/loader.py",
+             "self.images[index], self.labels[index]",
+             "self.images[index], self.labels[index.flip(0)]", (REFERENCE_A, REFERENCE_B)),
 ]
 
 

@@ -101,10 +101,30 @@ def test_each_rank_draws_its_own_augmentation_from_the_seed():
                            torch.rand(8, generator=epoch_generators(3, 2, 1, "cpu")[1]))
 
 
-def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(tmp_path):
-    probe = tmp_path / "probe"
-    stdout = probed_run(probe, *SMALL, "--epochs", "4", "--out", tmp_path / "ddp")
-    out = run_of(tmp_path / "ddp")
+# 4 epochs at a global batch of 64, with dropout (each rank must draw its own masks).
+TWO_PROCESSES = [*SMALL, "--epochs", "4", "--dropout", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """(probe folder, study, stdout) of train_scratch.py under torchrun with 2 processes."""
+    root = tmp_path_factory.mktemp("two_processes")
+    stdout = probed_run(root / "probe", *TWO_PROCESSES, "--out", root / "ddp")
+    return root / "probe", root / "ddp", stdout
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The study of the same command in one process."""
+    study = tmp_path_factory.mktemp("one_process") / "single"
+    run_script("train_scratch.py", *TWO_PROCESSES, "--out", study)
+    return study
+
+
+def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(
+        two_process_run, one_process_run):
+    probe, study, stdout = two_process_run
+    out = run_of(study)
 
     # Rank 0 alone wrote, and wrote every run file; rank 1 wrote nothing.
     assert not (probe / "writes.rank1").exists()
@@ -134,11 +154,30 @@ def test_two_process_run_writes_once_agrees_on_the_model_and_counts_every_image(
     # One process with the same global batch learns as well (synthetic data: ~95%+ in 4
     # epochs); the ranks' different augmentation and BatchNorm batches change the numbers
     # a little, not the outcome.
-    run_script("train_scratch.py", *SMALL, "--epochs", "4", "--out", tmp_path / "single")
-    single = json.loads((run_of(tmp_path / "single") / "metrics.json").read_text())
+    single = json.loads((run_of(one_process_run) / "metrics.json").read_text())
     assert single["test_images"] == TEST_IMAGES
     assert metrics["test_accuracy"] >= 0.85 and single["test_accuracy"] >= 0.85
     assert abs(metrics["test_accuracy"] - single["test_accuracy"]) <= 0.1
+
+
+def test_two_processes_use_the_lr_of_one_process_at_the_same_global_batch(two_process_run,
+                                                                          one_process_run):
+    """--batch-size is the global batch: the peak lr follows it, not each rank's share."""
+    _, study, stdout = two_process_run
+    two = json.loads((run_of(study) / "config.json").read_text())["args"]
+    one = json.loads((run_of(one_process_run) / "config.json").read_text())["args"]
+    assert two["batch_size"] == one["batch_size"] == 64
+    assert two["lr"] == one["lr"] == pytest.approx(0.2 * (64 / 512) ** 0.5)  # README's rule
+    assert "peak lr 0.07071 (0.2 at batch 512 x sqrt(64/512)" in stdout
+
+
+def test_each_rank_draws_its_own_dropout_masks(two_process_run):
+    probe, _, _ = two_process_run
+    masks = [torch.load(probe / f"dropout.rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert len(masks[0]) == len(masks[1]) > 0
+    for first, second in zip(*masks):
+        assert first.shape == second.shape and first.any() and second.any()
+        assert not torch.equal(first, second)
 
 
 def test_sync_bn_converts_trainable_batchnorm_and_keeps_frozen_layers_in_eval_mode():
