@@ -38,6 +38,8 @@ REFERENCE_B = SCIENCE + "test_part_b_run_is_the_readme_recipe_retrained_by_hand"
 REFUSED = SCIENCE + "test_a_finished_run_is_not_reused_under_another_recipe"
 TRANSFER_REFUSED = SCIENCE + "test_a_finished_transfer_run_is_not_reused_under_another_recipe"
 DISTRIBUTED = "tests/test_distributed.py::"
+SEEDS = "tests/test_seeds.py::"
+SHARDS = "tests/test_shards.py::"
 
 
 @dataclass(frozen=True)
@@ -172,18 +174,17 @@ MUTATIONS = [
              "(weights[:, None, None] * activation[0])", "(gradient[0] * activation[0])",
              (SCIENCE + "test_grad_cam_is_relu_of_the_channel_maps_weighted_by_their_mean_"
                         "gradient",)),
-    Mutation("transfer-test-minus-report-inverted", "train_transfer.py",
-             '(metrics["test_accuracy"] - report["report_test"]',
-             '(report["report_test"] - metrics["test_accuracy"]',
+    Mutation("transfer-test-minus-report-inverted", "engine/studies.py",
+             'spread(ours).mean - row["report_test"]', 'row["report_test"] - spread(ours).mean',
              (SCIENCE + "test_part_b_summary_test_minus_report_is_ours_less_the_reports",)),
-    Mutation("weight-decay-resume-free", "engine/training.py",
+    Mutation("weight-decay-resume-free", "engine/results.py",
              '"compile", "data_dir", "precision",', '"compile", "data_dir", "weight_decay", '
              '"precision",', (REFUSED + "[--weight-decay]", TRANSFER_REFUSED + "[--weight-decay]")),
-    Mutation("label-smoothing-resume-free", "engine/training.py",
+    Mutation("label-smoothing-resume-free", "engine/results.py",
              '"compile", "data_dir", "precision",', '"compile", "data_dir", "label_smoothing", '
              '"precision",', (REFUSED + "[--label-smoothing]",)),
-    Mutation("device-refused-on-reuse", "engine/training.py", '"tensorboard", "device",',
-             '"tensorboard",', (SCIENCE + "test_settings_that_leave_the_numbers_alone_reuse_"
+    Mutation("device-refused-on-reuse", "engine/results.py", '"device", "compile",',
+             '"compile",', (SCIENCE + "test_settings_that_leave_the_numbers_alone_reuse_"
                                           "the_finished_run",)),
     Mutation("ranks-draw-the-same-dropout", "engine/training.py",
              "torch.manual_seed(distributed.mixed_seed(args.seed, distributed.rank()))",
@@ -208,6 +209,24 @@ MUTATIONS = [
     Mutation("training-labels-of-other-images", "engine/loader.py",
              "self.images[index], self.labels[index]",
              "self.images[index], self.labels[index.flip(0)]", (REFERENCE_A, REFERENCE_B)),
+    # Issue 28: like with like; one table for the summary and REPORT.md.
+    Mutation("report-difference-ignores-epochs", "engine/studies.py",
+             '"epochs": REPORT_SCRATCH["epochs"], "model"', '"model"',
+             ("tests/test_report.py::test_unfinished_started_and_damaged_runs_are_marked_not_"
+              "compared",)),
+    Mutation("summary-spread-from-the-population-std", "engine/seeds.py",
+             "np.std(values, ddof=1)", "np.std(values, ddof=0)",
+             (SEEDS + "test_a_studys_summary_and_its_report_section_show_the_same_numbers",)),
+    # Issue 30: shards and run locks.
+    Mutation("run-lock-not-exclusive", "engine/shards.py",
+             "fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)",
+             "fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB)",
+             (SHARDS + "test_a_locked_run_is_skipped_naming_its_holder_and_a_killed_holder_"
+                       "blocks_nothing",)),
+    Mutation("shards-overlap", "engine/shards.py",
+             "if position % share.count == share.index]",
+             "if position % share.count <= share.index]",
+             (SHARDS + "test_shards_deal_every_run_once",)),
 ]
 
 
