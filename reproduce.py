@@ -34,7 +34,7 @@ from engine.errors import UserError, exits_cleanly_on_user_error
 from engine.report import REPORT_NAME
 from engine.results import read_run
 from engine.seeds import seeds_to_run
-from engine.shards import Shard, deal, locked, shard
+from engine.shards import Shard, deal, lock_beside, locked, shard
 from engine.studies import PARTS as STUDY_PARTS
 from engine.sources import SOURCES, load_source
 from engine.training import BATCHNORM_IMAGES, format_seconds, validation_size
@@ -345,11 +345,11 @@ def main(args):
         print(f"{key} took {format_seconds(took)}; the parts left: ETA "
               f"{format_seconds(scaled_eta(spent, estimated, left))}")
     for run, out in targets:
-        with locked(out) as holder:
+        with locked(lock_beside(out)) as holder:
             print(f"activations: {out} is being drawn by {holder}") if holder else draw(
                 run, out, sharded=args.shard is not None)
     if "report" in args.parts:
-        with locked(results, wait=True):  # shards ending together: the last one reads every run
+        with locked(results / ".report.lock", wait=True):  # the last shard to end reads all
             report.main(report.get_args_parser().parse_args(["--results", str(results)]))
     return plans
 

@@ -1,6 +1,7 @@
 """Plots of training curves: one run's curves, and several runs on shared axes."""
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -27,6 +28,7 @@ def subplots(*grid, squeeze=True, **options):
     """A figure and its axes as plt.subplots makes them, without pyplot: no backend to choose
     and no global list of open figures (a study draws hundreds); the PNG is drawn by Agg."""
     figure = Figure(**options)
+    FigureCanvasAgg(figure)  # the figure's canvas: what draws it, to PNG
     return figure, figure.subplots(*grid, squeeze=squeeze)
 
 

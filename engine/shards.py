@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass(frozen=True)
 class Shard:
     index: int   # K
@@ -43,37 +42,49 @@ def deal(items, share):
     return [item for position, item in enumerate(items) if position % share.count == share.index]
 
 
-def lock_file(folder):
-    """Beside the folder, hidden (a run folder's listing stays the run's files)."""
+def lock_beside(folder):
+    """The lock of a folder that may not exist yet: hidden beside it."""
     folder = Path(folder)
     return folder.parent / f".{folder.name}.lock"
 
 
 @contextlib.contextmanager
-def locked(folder, wait=False):
-    """Hold folder's lock while the block runs and yield None; where another process holds it,
-    wait for it (wait=True) or yield who holds it ("pid 123 on host") and hold nothing.
-    flock: the OS releases it when its process ends, killed or not: no stale lock."""
-    folder, path = Path(folder), lock_file(folder)
+def locked(path, wait=False):
+    """Hold the lock file `path` while the block runs and yield None; where another process
+    holds it, wait (wait=True) or yield who holds it ("pid 123 on host") and hold nothing.
+    flock: the OS releases it when its process ends, killed or not. The file and the folders
+    made for it go when it is released: nothing is left behind."""
+    path = Path(path)
     created = [parent for parent in (path.parent, *path.parent.parents) if not parent.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
-            yield handle.read().strip() or "another process"
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            yield holder
             return
+        if is_same_file(path, handle):
+            break
+        handle.close()  # its holder removed it while this one waited: lock the new one
+    try:
         handle.truncate(0)
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
-        try:
-            yield None
-        finally:
-            handle.truncate(0)
-            if not folder.exists():  # stopped before its first file: leave nothing behind
-                path.unlink(missing_ok=True)
-                for directory in created:
-                    with contextlib.suppress(OSError):  # not empty: another run's
-                        directory.rmdir()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield None
+    finally:
+        path.unlink(missing_ok=True)  # before the lock is released, so no one locks it after
+        for directory in created:  # the run's folder was never made: stop where one is left
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        handle.close()
+
+
+def is_same_file(path, handle):
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False

@@ -410,7 +410,7 @@ def write_study(part, study_dir, planned=()):
     plan.json from the runs `planned` (whoever calls it: each shard of the part's script as it
     ends, or report.py). Under the study's lock: of shards ending together, the last reads all."""
     study_dir = Path(study_dir)
-    with locked(study_dir, wait=True):
+    with locked(study_dir / ".summary.lock", wait=True):
         if planned:
             atomic.write_json(study_dir / PLAN_FILE, {"runs": [
                 f"{run.name}/seed{run.args.seed}" for run in planned]})

@@ -280,7 +280,7 @@ def claimed(run):
     """Run's folder locked by rank 0 while the block runs (engine.shards.locked); yields who
     holds it instead where another process does, on every rank."""
     main = distributed.is_main_process()
-    with shards.locked(run.path) if main else contextlib.nullcontext() as holder:
+    with shards.locked(shards.lock_beside(run.path)) if main else contextlib.nullcontext() as holder:
         yield distributed.broadcast_from_main(holder)
 
 

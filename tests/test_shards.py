@@ -68,6 +68,7 @@ def test_two_shards_at_once_give_the_runs_and_summary_of_one_process(single, tmp
     assert figures(out) == figures(single)
     summary = (out / "summary.md").read_text()  # the last shard to end saw every run
     assert "not yet" not in summary and summary.count("2/2 seeds finished") == 3
+    assert not list(out.parent.rglob("*.lock"))  # every lock went with its run
 
 
 def test_a_shard_alone_says_which_planned_runs_are_not_finished(tmp_path):
@@ -82,7 +83,8 @@ def test_a_shard_alone_says_which_planned_runs_are_not_finished(tmp_path):
 def hold_lock(folder):
     """Another process holding folder's run lock until killed."""
     code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from engine import shards\n"
-            f"with shards.locked({str(folder)!r}):\n    print('held', flush=True); time.sleep(600)")
+            f"with shards.locked(shards.lock_beside({str(folder)!r})):\n"
+            f"    print('held', flush=True); time.sleep(600)")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                                env=script_environment())
     assert process.stdout.readline().strip() == "held"
