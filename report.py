@@ -2,8 +2,8 @@
 
 Reads whatever runs exist under --results (<part>/<configuration>/seed<S>/ of scratch,
 transfer, augment and dropout; activations/<name>/) and writes --results/REPORT.md: per part
-ours beside the original report's figures, each run's settings and the plots (README.md: "The
-whole study as one document"). A --results folder that is missing or holds no runs is an
+ours beside the original report's figures, each run's settings and the plots (docs/reproduce.md:
+REPORT.md). A --results folder that is missing or holds no runs is an
 error (exit 2).
 
     python report.py                     # results/REPORT.md

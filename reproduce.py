@@ -88,7 +88,7 @@ def get_args_parser():
     for flag in ("--compile", "--deterministic", "--no-progress"):
         shared.add_argument(flag, action="store_true")
     spread = parser.add_argument_group(
-        "many GPUs or machines: each run on one GPU (README: Many GPUs, many machines)")
+        "many GPUs or machines: each run on one GPU (docs/scale.md)")
     spread.add_argument("--shard", type=shard, metavar="K/N",
                         help="run only this process's share: the study's runs in plan order, run "
                              "i to shard i mod N; a run another process holds is skipped; each "

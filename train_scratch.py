@@ -2,7 +2,7 @@
 
 The report: 50 epochs, 87.35% test accuracy. Ours: the same network and epochs with
 kuangliu/pytorch-cifar's recipe (SGD, momentum 0.9, weight decay 5e-4, crop + flip) made
-one-cycle with Nesterov momentum and label smoothing 0.1 (README.md: the recipe and why).
+one-cycle with Nesterov momentum and label smoothing 0.1 (docs/recipe.md: the recipe and why).
 
     python train_scratch.py                       # CIFAR-10 -> results/scratch/cifar10/seed0/
     python train_scratch.py --dataset synthetic --epochs 2 --width 16 --batch-size 64  # offline

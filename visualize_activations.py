@@ -1,7 +1,7 @@
 """Part (d): every layer's activations of a network for one image, layer statistics, Grad-CAM.
 
 Writes layers/NNN_<layer>.png, overview.png, stats.csv, gradcam.png and predictions.json into
---out; README part (d) describes them, with more examples.
+--out; docs/parts.md, part (d), describes them, with more examples.
 
     python visualize_activations.py --run results/scratch/cifar10/seed0   # the report's car
     python visualize_activations.py --model transfer --weights imagenet --image photo.jpg

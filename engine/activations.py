@@ -1,7 +1,7 @@
 """Part (d): one image through a network, layer by layer: activations, statistics, Grad-CAM.
 
 Layers are captured with torchvision's feature extraction (torch.fx) rather than forward hooks,
-so that the ReLUs and residual sums applied as functions are layers too (README, part (d)).
+so that the ReLUs and residual sums applied as functions are layers too (docs/parts.md, part (d)).
 """
 import csv
 import difflib
@@ -262,7 +262,8 @@ def load_run(run_dir):
 
 
 def build_bare(kind, weights, num_classes=None, input_size=None):
-    """--model KIND --weights imagenet|none|PATH, ImageNet-normalised; heads: README, part (d)."""
+    """--model KIND --weights imagenet|none|PATH, ImageNet-normalised; heads: docs/parts.md,
+    part (d)."""
     name, head, default_size = BARE_MODELS[kind]
     weights, warnings = str(weights), []
     if weights == "imagenet" and kind == "scratch":

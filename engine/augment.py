@@ -2,7 +2,8 @@
 
 *_params draws them on the device, apply_* transforms the batch (so tests can compare image i
 with torchvision's op given the same parameters), random_* chains both; none waits for the host.
-Images are un-normalised and keep their dtype; rounding, arms and magnitudes: README, part (c).
+Images are un-normalised and keep their dtype; rounding, arms and magnitudes: docs/parts.md,
+part (c).
 """
 import math
 from dataclasses import dataclass
@@ -595,7 +596,7 @@ class Compose:
 
 # --- the augmentation study's arms ---------------------------------------------------------
 # name -> factory(num_classes, size) -> pipeline, for square images of side `size`; the
-# magnitudes suit 32x32 CIFAR images (README.md, part (c), says why each).
+# magnitudes suit 32x32 CIFAR images (docs/parts.md, part (c), says why each).
 
 def _shrink_and_back(first, size):
     """first (resize or center_crop) to 3/4 of the side, then resized back (32 -> 24 -> 32)."""

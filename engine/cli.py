@@ -84,7 +84,8 @@ def dropout_rate(text):
     return value
 
 
-LR_RULE = "sqrt"  # the peak lr grows as the square root of the batch (README: why not linear)
+# The peak lr grows as the square root of the batch (docs/recipe.md: why not linear).
+LR_RULE = "sqrt"
 
 
 def scaled_lr(lr, reference_batch, batch_size):

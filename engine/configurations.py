@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 # Each part's recipe; lr is the one-cycle peak at a batch of lr_reference_batch images, times
 # sqrt(batch / lr_reference_batch) at another global batch when --lr is not given
-# (engine.cli.resolve_lr; README: why the square root).
+# (engine.cli.resolve_lr; docs/recipe.md: why the square root).
 RECIPES = {
     "scratch": dict(
         epochs=50,              # as the report
@@ -75,8 +75,8 @@ TRANSFER_COMPARISONS = [
 REPORT_ARMS = ["rotation", "flip", "color_jitter", "random_resized_crop", "resize",
                "center_crop", "cutout", "gaussian_blur", "salt_pepper"]
 
-# What the report does not state and we chose, each listed once: REPORT.md and README.md
-# show this list (tests/test_report.py checks both).
+# What the report does not state and we chose, each listed once: REPORT.md and
+# docs/original-report.md show this list (tests/test_report.py checks both; the README links it).
 OUR_CHOICES = [
     "Validation: 5,000 class-balanced CIFAR-10 training images are held out, so runs train on "
     "45,000 (the report's part (a) trained on all 50,000); the report shows validation "

@@ -1,6 +1,6 @@
 """torchrun with DistributedDataParallel (NCCL on CUDA, gloo on CPU). Every function also works in
 one plain process (rank 0 of 1), so callers never branch. Rank 0 downloads first, decides, writes
-and prints; its decisions and errors reach every rank (README.md: "Several GPUs ...")."""
+and prints; its decisions and errors reach every rank (docs/scale.md)."""
 import atexit
 import os
 from functools import lru_cache

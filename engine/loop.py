@@ -216,7 +216,7 @@ def evaluate(model, loader, *, device, precision, progress=False, description="e
 @torch.no_grad()
 def recompute_batchnorm_statistics(model, loader, *, device, precision, images):
     """Re-estimate training-mode BatchNorms' statistics at the current weights over `images`
-    images ("precise BN", Wu & Johnson 2021: README, part (a)); frozen eval-mode ones are kept.
+    images ("precise BN", Wu & Johnson 2021: docs/recipe.md); frozen eval-mode ones are kept.
     Under torchrun each rank measures its share of every batch and the ranks' statistics are
     averaged: `images` in all."""
     model.train()

@@ -41,7 +41,7 @@ def imagenet_cache_path():
 def check_hash_prefix(path):
     """Refuse a file whose SHA-256 does not start with the `-<prefix>.` in its name."""
     expected = torch.hub.HASH_REGEX.search(path.name).group(1)
-    digest = hashlib.sha256()  # (hashlib.file_digest needs Python 3.11; the README says 3.10)
+    digest = hashlib.sha256()  # (hashlib.file_digest needs Python 3.11; the README requires 3.10)
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)

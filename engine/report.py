@@ -1,5 +1,5 @@
-"""REPORT.md: the runs under a results folder, beside the original report (README.md: "The
-whole study as one document"). Each part's table is its study's own (engine.studies: the same
+"""REPORT.md: the runs under a results folder, beside the original report (docs/reproduce.md:
+REPORT.md). Each part's table is its study's own (engine.studies: the same
 code writes its summary.md); every figure is read from a file named beside it."""
 import csv
 import re

@@ -1,6 +1,6 @@
 """Datasets as (train, test) ImageData: uint8 images small enough to live on the training device
 (CIFAR-10: 150 MB); the seeded, class-balanced validation split and training subset.
-The sources, their layout and checks: README, "Datasets, your own data, and offline use".
+The sources, their layout and checks: docs/datasets.md.
 """
 import textwrap
 from dataclasses import dataclass
@@ -91,7 +91,7 @@ def load_torchvision(name, root):
 
 
 def _open(dataset_class, root, split):
-    """download=True fetches only what is missing or fails its check (README, "Checksums,
+    """download=True fetches only what is missing or fails its check (docs/datasets.md, "Checksums,
     downloads, offline": the MNIST family's extracted files have no MD5)."""
     if isinstance(split, bool):
         return dataset_class(root, train=split, download=True)
@@ -101,8 +101,8 @@ def _open(dataset_class, root, split):
 def _as_image_data(dataset, spec):
     images = torch.as_tensor(dataset.data)
     if spec.layout == "NHW":  # the MNIST family: 28x28 grayscale
-        # Padded 2 black pixels a side, not resized: exact pixels, LeNet-5's input (README,
-        # "Why pad MNIST"). Three identical channels.
+        # Padded 2 black pixels a side, not resized: exact pixels, LeNet-5's input
+        # (docs/datasets.md, "Why pad MNIST"). Three identical channels.
         images = F.pad(images, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1)
     elif spec.layout == "NHWC":
         images = images.permute(0, 3, 1, 2)

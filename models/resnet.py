@@ -1,6 +1,6 @@
 """CIFAR ResNet-18 by hand (He et al. 2016) with the report's module names: 3x3 stride-1 stem, no
-max-pool, so layer4 sees 4x4 at 32x32 (README.md, part (a)). Dropout places: README.md's dropout
-sweep; at rate 0 no dropout module is created, so the network is exactly the plain one."""
+max-pool, so layer4 sees 4x4 at 32x32 (docs/parts.md, part (a)). Dropout places: docs/parts.md's
+dropout sweep; at rate 0 no dropout module is created, so the network is exactly the plain one."""
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -1,5 +1,5 @@
 """torchvision's ResNet-18 for part (b): heads ("mlp" = config 1, "deep" = config 2, printed
-exactly as in the report by `print(make_head("deep", 10))`), CIFAR stem, freezing (README.md,
+exactly as in the report by `print(make_head("deep", 10))`), CIFAR stem, freezing (docs/parts.md,
 part (b)). Pretrained weights come in as a state dict: reading files is the caller's job.
 """
 import torch.nn as nn
