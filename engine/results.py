@@ -102,9 +102,9 @@ def read_csv(path):
 
 
 def read_history(path):
-    """history.csv as a list of dicts of numbers (epoch as int)."""
-    return [{key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
-            for row in read_csv(path)]
+    """history.csv as a list of dicts of numbers (epoch as int; the warning as text)."""
+    return [{key: int(value) if key == "epoch" else value if key == "warning" else float(value)
+             for key, value in row.items()} for row in read_csv(path)]
 
 
 def read_per_class(path):

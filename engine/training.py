@@ -4,6 +4,7 @@ every rank runs this code; rank 0 decides, writes and prints."""
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -34,7 +35,7 @@ from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "test_loss", "test_accuracy", "seconds", "images_per_second")
+                   "test_loss", "test_accuracy", "seconds", "images_per_second", "warning")
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy",
                "train_loss", "val_loss", "test_loss")
 # Images over which BatchNorm statistics are re-estimated before each evaluation: 4 batches
@@ -577,6 +578,7 @@ def train_epoch(training, epoch, stop):
         "seconds": state.seconds + time.perf_counter() - evaluate_started,
         "images_per_second": state.seen / state.seconds,
         "val_images": val["images"], "test_images": test["images"],
+        "warning": loss_warning(state.loss, len(run.splits.classes), args.lr) if epoch == 0 else "",
     })
     if val_loader is not None:  # (an empty share of a tiny split is still a loader)
         training.best_val = max(training.best_val, val["accuracy"])
@@ -584,7 +586,7 @@ def train_epoch(training, epoch, stop):
     write_run_files(training)
     print_on_main(epoch_line(training.history[-1], args.epochs))
     if training.tensorboard:  # the scalars of history.csv, against the epoch
-        for key in HISTORY_COLUMNS[1:]:
+        for key in HISTORY_COLUMNS[1:-1]:  # the numbers, not the warning
             training.tensorboard.add_scalar(key, training.history[-1][key], epoch + 1)
         training.tensorboard.flush()
 
@@ -631,10 +633,21 @@ def final_metrics(history, best_val_accuracy):
     return metrics
 
 
+def loss_warning(loss, num_classes, lr):
+    """A first epoch whose mean training loss is above an untrained network's, ln(classes):
+    what a peak lr too high for the model looks like (README: the recipe)."""
+    if not loss > math.log(num_classes):
+        return ""
+    return (f"first-epoch training loss {loss:.2f} above an untrained network's "
+            f"ln({num_classes}) = {math.log(num_classes):.2f}: the learning rate may be too high, "
+            f"try --lr below {lr:.3g} (e.g. {lr / 4:.3g})")
+
+
 def epoch_line(row, epochs):
     """Loss / accuracy per split, the lr (3 significant digits: it ends near 0), the time."""
     return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.3g}  "
             f"train {row['train_loss']:.3f} / {100 * row['train_accuracy']:.2f}%  "
             f"val {row['val_loss']:.3f} / {100 * row['val_accuracy']:.2f}%  "
             f"test {row['test_loss']:.3f} / {100 * row['test_accuracy']:.2f}%  "
-            f"{row['images_per_second']:.0f} img/s  {format_seconds(row['seconds'])}")
+            f"{row['images_per_second']:.0f} img/s  {format_seconds(row['seconds'])}"
+            + (f"\n  warning: {row['warning']}" if row.get("warning") else ""))

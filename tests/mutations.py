@@ -217,6 +217,11 @@ MUTATIONS = [
     Mutation("summary-spread-from-the-population-std", "engine/seeds.py",
              "np.std(values, ddof=1)", "np.std(values, ddof=0)",
              (SEEDS + "test_a_studys_summary_and_its_report_section_show_the_same_numbers",)),
+    # Issue 27: the first epoch's loss against an untrained network's.
+    Mutation("first-epoch-loss-never-reported", "engine/training.py",
+             "if not loss > math.log(num_classes):", "if not loss > 2 * math.log(num_classes):",
+             (RELIABILITY + "test_a_first_epoch_above_an_untrained_networks_loss_is_reported_"
+                            "with_a_hint",)),
     # Issue 30: shards and run locks.
     Mutation("run-lock-not-exclusive", "engine/shards.py",
              "fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)",

@@ -2,6 +2,7 @@
 import ast
 import csv
 import json
+import math
 import os
 import pathlib
 import pickle
@@ -203,6 +204,25 @@ def test_a_learning_rate_far_too_high_is_reported_not_saved(tmp_path):
     assert re.search(r"diverged in epoch 1 at step \d+", result.stderr)
     assert "no checkpoint was written" in result.stderr and "last good" not in result.stderr
     assert not (tmp_path / "run").exists()  # nothing non-finite saved
+
+
+def test_a_first_epoch_above_an_untrained_networks_loss_is_reported_with_a_hint(tmp_path,
+                                                                             capsys):
+    """lr 4 on these images: the first epoch's mean training loss ends above ln(10), the loss
+    of guessing every class alike, yet finite (measured: 3.04). The epoch line says so with a
+    hint, history.csv keeps it; a later epoch is not judged by it."""
+    out = tmp_path / "run"
+    train_scratch.main(train_scratch.get_args_parser().parse_args(
+        [*QUICK, "--batch-size", "32", "--subset", "640", "--val-size", "100", "--epochs", "2",
+         "--lr", "4", "--out", str(out)]))
+    with open(out / "synthetic" / "seed0" / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["train_loss"]) > math.log(10)  # computed here, not by the code
+    assert rows[0]["warning"].startswith(
+        f"first-epoch training loss {float(rows[0]['train_loss']):.2f} above an untrained "
+        f"network's ln(10) = 2.30: the learning rate may be too high, try --lr below 4")
+    assert rows[1]["warning"] == ""
+    assert f"\n  warning: {rows[0]['warning']}\n" in capsys.readouterr().out
 
 
 # --- safe loading -------------------------------------------------------------------------
