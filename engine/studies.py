@@ -105,7 +105,8 @@ def run_setting(run):
             "training images": config.get("sizes", {}).get("train"),
             "epochs": run.args.get("epochs"),
             "model": " ".join(filter(None, [model.get("name"), model.get("width") and
-                                            f"width {model['width']}"])),
+                                            f"width {model['width']}", model.get("dropout") and
+                                            f"dropout {model['dropout']}"])),
             "image size": config.get("image_size"),
             "augmentation": "none" if augment in (None, "None") else augment}
 
