@@ -30,7 +30,6 @@ from engine.loop import (EpochState, RunClock, evaluate, format_seconds, load_op
 from engine.plots import plot_confusion, plot_curves
 from engine.pretrained import model_from_spec
 from engine.results import RESUME_FREE, RUN_FILES, STUDY_ARGS, holds_run, read_run
-from engine.shards import deal
 from engine.signals import AgreedStop, stop_on_signals
 from engine.sources import load_source, split_validation, take_subset
 
@@ -248,7 +247,7 @@ def train_all(runs, shard=None):
     """Every run in order, or this --shard's share of them; every plan is made (any refusal
     raised) before the first trains. A run another process holds is skipped (seconds 0)."""
     check_unique(runs)
-    planned, runs = len(runs), deal(runs, shard)
+    planned, runs = len(runs), shards.deal(runs, shard)
     if not runs:
         print_on_main(f"shard {shard}: none of the study's {planned} runs is this process's")
         return runs
@@ -280,8 +279,9 @@ def train_all(runs, shard=None):
 def claimed(run):
     """Run's folder locked by rank 0 while the block runs (engine.shards.locked); yields who
     holds it instead where another process does, on every rank."""
-    main = distributed.is_main_process()
-    with shards.locked(shards.lock_beside(run.path)) if main else contextlib.nullcontext() as holder:
+    lock = (shards.locked(shards.lock_beside(run.path)) if distributed.is_main_process()
+            else contextlib.nullcontext())
+    with lock as holder:
         yield distributed.broadcast_from_main(holder)
 
 

@@ -1,6 +1,9 @@
 """Shared test helpers: run a script as a user would, generate image datasets, stand in
 for ImageNet's weights."""
+import contextlib
 import hashlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -42,14 +45,71 @@ def start_script(script, *args, **popen_options):
                             **popen_options)
 
 
+# Part scripts run in this process (no interpreter and torch import per call, ~3-4 s each):
+# each has main(args) and get_args_parser(), as the shell runs it. Benchmarks, a changed
+# environment, signals and kills (start_script) keep a process of their own.
+IN_PROCESS = {"train_scratch.py", "train_transfer.py", "augment_study.py", "dropout_sweep.py",
+              "visualize_activations.py", "report.py", "reproduce.py"}
+
+
 def run_script(script, *args, check=True, env=None, timeout=600):
-    """Run a repository script or module in a subprocess; return the CompletedProcess."""
-    result = subprocess.run(command(script, *args), cwd=REPO,
-                            capture_output=True, text=True, env=script_environment(env),
-                            timeout=timeout)
+    """Run a repository script or module as the shell would; return the CompletedProcess."""
+    if script in IN_PROCESS and env is None:
+        result = run_in_process(script, *args)
+    else:
+        result = subprocess.run(command(script, *args), cwd=REPO, capture_output=True,
+                                text=True, env=script_environment(env), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def run_in_process(script, *args):
+    """A part script's main() in this process, as `python script args` runs it: its output
+    captured, SystemExit's code as the return code, in the repository with no network and
+    torch's global settings put back afterwards (--deterministic changes them)."""
+    module = importlib.import_module(script.removesuffix(".py"))
+    argv = [str(arg) for arg in args]
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with (contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr),
+          script_setting(script, argv), torch_settings_kept()):
+        try:
+            module.main(module.get_args_parser().parse_args(argv))
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
+
+
+@contextlib.contextmanager
+def script_setting(script, argv):
+    """What the shell gives a script: its name in sys.argv (argparse's messages use it), the
+    repository as the working directory, and script_environment's variables."""
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    sys.argv = [script, *argv]
+    os.chdir(REPO)
+    os.environ.update(script_environment())
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@contextlib.contextmanager
+def torch_settings_kept():
+    """torch's process-wide switches as they were: a script's --deterministic sets them."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.get_num_threads())
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:4]
+        torch.set_num_threads(saved[4])
 
 
 def write_image_tree(root, classes=("cat", "dog", "frog"), per_class=(12, 4), size=40,

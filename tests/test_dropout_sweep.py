@@ -95,7 +95,7 @@ def test_an_interrupted_sweep_continues_without_retraining(tmp_path):
     assert "classifier_rate0.2 seed 0: resuming" in result.stdout
     assert "resuming " in result.stdout and "after epoch 1 of 2" in result.stdout
     assert finished.stat().st_mtime_ns == stamp  # not retrained
-    assert [row["epochs"] for row in summary(study)] == ["2", "2"]
+    assert [row["epochs"] for row in summary(study)] == ["2/2", "2/2"]  # done / planned
 
     # Asking for the same runs with other flags is refused, not silently reused.
     changed = run_script("dropout_sweep.py", *args[:-2], "--lr", "0.1", "--out", study, check=False)

@@ -31,6 +31,7 @@ def dry_run(tmp_path_factory):
     return result, json.loads(path.read_text())
 
 
+@pytest.mark.slow  # the whole dry run, ~100 s: the second tier (the step logic is tested below)
 def test_every_step_runs_and_the_check_passes(dry_run):
     result, report = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -42,6 +43,7 @@ def test_every_step_runs_and_the_check_passes(dry_run):
     assert {"device", "torch", "torchvision", "date", "command"} <= report["environment"].keys()
 
 
+@pytest.mark.slow
 def test_the_figures_are_in_the_json_and_the_markdown_table(dry_run):
     result, report = dry_run
     steps = report["steps"]

@@ -232,7 +232,7 @@ def test_an_interrupted_multi_seed_sweep_continues(tmp_path):
     assert "after epoch 1 of 2" in result.stdout
     assert finished.stat().st_mtime_ns == stamp  # not retrained
     rows = read_csv(study / "summary.csv")
-    assert [(row["run"], row["seeds"], row["epochs"]) for row in rows] == [("rate0.0", "2", "2")]
+    assert [(row["run"], row["seeds"], row["epochs"]) for row in rows] == [("rate0.0", "2", "2/2")]
 
     # A seed added later: the finished seeds stay valid ("seeds" is not a run's flag).
     more = run_script("dropout_sweep.py", *args[:-2], "2", "--out", study)
