@@ -286,6 +286,7 @@ def test_interrupted_ddp_run_resumes_under_ddp_on_the_same_trajectory_and_in_one
     assert metrics["epochs"] == 3 and metrics["test_images"] == TEST_IMAGES
 
 
+@pytest.mark.slow  # a torchrun of its own, ~9 s: the second tier
 def test_a_split_smaller_than_the_number_of_processes_is_still_evaluated(tmp_path):
     """One validation image over two ranks: rank 1's share is empty, yet it must take part
     in every sum (a rank that skipped one would pair its next sum with another's)."""

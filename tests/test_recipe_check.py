@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import recipe_check
 
+pytestmark = pytest.mark.slow  # both trainers on the digits, ~10 s: the second tier
+
 CELL_KEYS = {"batch_size", "epochs", "steps", "ours", "plain", "plain_best_lr",
              "plain_best_accuracy", "ours_minus_plain_best"}
 

@@ -81,6 +81,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # ~12 s: the second tier
 def test_an_interrupted_study_continues_without_retraining(tmp_path, capsys):
     results = tmp_path / "results"
     args = [*TINY, "--subset", "200", "--val-size", "100", "--epochs", "1", "--seeds", "0", "1",
