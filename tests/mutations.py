@@ -5,7 +5,7 @@ below replaces one piece of text in one file of a copy of the tree (this checkou
 edits included: what git tracks or would track), then runs the tests meant to catch it. A
 mutation they do not catch is a hole in the suite.
 
-    python tests/mutations.py                # every mutation: about 20 minutes on 2 cores
+    python tests/mutations.py                # every mutation: about 13 minutes on 2 cores
     python tests/mutations.py --list         # their names and tests
     python tests/mutations.py rng-not-restored cutout-arm-8-pixels   # some of them
 
