@@ -222,6 +222,16 @@ MUTATIONS = [
              "if not loss > math.log(num_classes):", "if not loss > 2 * math.log(num_classes):",
              (RELIABILITY + "test_a_first_epoch_above_an_untrained_networks_loss_is_reported_"
                             "with_a_hint",)),
+    # Found by a reviewer's breakages written without seeing the tests (2026-12-06).
+    Mutation("damaged-run-counted-as-finished", "engine/results.py",
+             "return not self.problem and planned is not None", "return planned is not None",
+             ("tests/test_report.py::test_a_run_with_a_damaged_history_is_not_finished",)),
+    Mutation("progress-note-counts-started-runs", "engine/studies.py",
+             "finished = {run.label for run in runs if run.finished}",
+             "finished = {run.label for run in runs}",
+             (SEEDS + "test_the_progress_note_counts_only_finished_runs_of_the_plan",)),
+    Mutation("unitless-mean-dropped", "engine/summary.py", "if unit and mean_text.endswith(unit):",
+             "if mean_text.endswith(unit):", (SEEDS + "test_mean_std_cells_keep_one_unit",)),
     # Issue 30: shards and run locks.
     Mutation("run-lock-not-exclusive", "engine/shards.py",
              "fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)",

@@ -328,6 +328,18 @@ def test_unfinished_started_and_damaged_runs_are_marked_not_compared(results, tm
     assert row(table, "quick")["test − report"] == "— (epochs 15, report 50)"
 
 
+def test_a_run_with_a_damaged_history_is_not_finished(results, tmp_path):
+    """metrics.json and config.json intact, history.csv damaged: not finished (its status
+    says why), so its figure is shown as an unfinished one's and never compared."""
+    run = copy_run(results / "scratch" / "synthetic" / "seed0", tmp_path / "scratch" / "x")
+    (run / "history.csv").write_text("epoch,lr\n1,abc\n")
+    text = write_report(tmp_path)
+    cells = row(tables(section(text, "Part (a)"))[0], "x")
+    assert cells["status"] == ("0/1 seeds finished; seed0 damaged: history.csv or "
+                               "per_class.csv is damaged")
+    assert cells["test − report"] == "— (not finished)"
+
+
 def test_parts_without_runs_list_the_command_that_runs_them(results, tmp_path):
     root = tmp_path / "results"
     shutil.copytree(results / "scratch", root / "scratch")

@@ -145,6 +145,8 @@ def test_summary_shows_mean_std_and_writes_std_and_seeds_to_csv(tmp_path, capsys
 
 
 def test_mean_std_cells_keep_one_unit():
+    assert format_mean_std(0.5, 0.01, "{:.3f}") == "0.500 ± 0.010"  # no unit: both whole
+    assert format_mean_std(12.34, 0.5, "{:.1f}") == "12.3 ± 0.5"
     assert format_mean_std(0.9312, 0.0021, "{:.2%}") == "93.12 ± 0.21%"
     assert format_mean_std(3.15, 4.04, "{:+.2f} pp") == "+3.15 ± 4.04 pp"
     assert format_mean_std(0.9312, None, "{:.2%}") == "93.12% ± —"
@@ -370,3 +372,17 @@ def test_a_studys_summary_and_its_report_section_show_the_same_numbers(sweep, tm
         values = [metrics(sweep[0] / arm / f"seed{seed}")["test_accuracy"] for seed in (0, 1)]
         expected = format_mean_std(np.mean(values), np.std(values, ddof=1), "{:.2%}")
         assert f" {expected} " in " | ".join(ours[0])
+
+
+def test_the_progress_note_counts_only_finished_runs_of_the_plan(tmp_path):
+    """plan.json lists a/seed0 and b/seed0; a finished both epochs, b stopped after 1 of 2:
+    "1 of 2", naming b (a started run is not a finished one)."""
+    study = tmp_path / "augment"
+    for arm, done in (("a", 2), ("b", 1)):
+        run = study / arm / "seed0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"args": {"arm": arm, "seed": 0, "epochs": 2}}))
+        (run / "metrics.json").write_text(json.dumps({"epochs": done, "test_accuracy": 0.5}))
+    (study / "plan.json").write_text(json.dumps({"runs": ["a/seed0", "b/seed0"]}))
+    notes = studies.study_table("augment", study).notes
+    assert "1 of 2 planned runs finished; not yet: b/seed0" in notes[0]
