@@ -14,7 +14,6 @@ from engine.errors import UserError
 
 MIN_SEEDS_TO_TEST = 3   # below this a t-test's p-value says little (and needs a variance)
 ALPHA = 0.05            # "beyond noise": p below this
-COMPARED_KEY = "test_accuracy"  # what comparisons compare: the final epoch's, per seed
 DEFAULT_SEED = 0        # --seed's default (engine.cli)
 SEED_FOLDER = re.compile(r"seed(\d+)")
 
